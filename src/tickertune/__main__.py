@@ -1,0 +1,5 @@
+import sys
+
+from tickertune.cli import main
+
+sys.exit(main())

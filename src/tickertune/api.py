@@ -1,0 +1,152 @@
+"""The Python API a user imports; the CLI is a thin shell over it.
+
+`tune(config)` runs one invocation end to end, in the order that keeps bad input
+from writing anything: data -> features -> split (all checks) -> tracking reachable
+-> studies -> parent run -> trials -> summary, best-params JSON and plots.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tickertune.config import TuneConfig, mask_secrets
+from tickertune.data import load_bars
+from tickertune.device import device_tags
+from tickertune.features import build_features
+from tickertune.splits import chronological_split
+from tickertune.version import code_version
+
+log = logging.getLogger("tickertune")
+
+
+@dataclass
+class TuneResult:
+    """What `tune` did: per model the study outcome, and where things were written."""
+
+    config: TuneConfig
+    outcomes: dict[str, Any] = field(default_factory=dict)  # model -> tuning.StudyOutcome
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> best entry
+    best_params_path: Path | None = None
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    tracking_errors: list[str] = field(default_factory=list)
+
+
+def tune(config: TuneConfig) -> TuneResult:
+    """Tune every model of `config` on its ticker; append `config.trials` trials to each study."""
+    from tickertune import tuning
+    from tickertune.models import get_model
+    from tickertune.results import best_entry, write_best_params
+    from tickertune.tracking import MlflowTracker, NullTracker, check_reachable
+
+    bars = load_bars(config.ticker, config.data, config.start, config.end)
+    features = build_features(bars.frame)
+    split = chronological_split(features, source=bars.source)
+    models = [get_model(name) for name in config.models]
+    if config.tracking:
+        check_reachable(config.tracking_url)
+
+    storage = tuning.make_storage(config.storage_url)
+    study_attrs = {
+        "ticker": bars.ticker,
+        "objective": "val_logloss",
+        "data_source": bars.source,
+        "data_fingerprint": bars.fingerprint,
+        "features": features.names,
+        "gap": split.gap,
+        **split.dates(),
+        "created_by": code_version(),
+    }
+    opened = {
+        m.name: tuning.open_study(
+            tuning.study_name(m.name, bars.ticker), storage, tuning.make_pruner(config.pruner, m),
+            config.seed, {**study_attrs, "model": m.name, "pruner": config.pruner},
+        )
+        for m in models
+    }
+
+    tracker = MlflowTracker(config.tracking_url, config.experiment_name) if config.tracking else NullTracker()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent_tags = {"ticker": bars.ticker, "models": ",".join(config.models),
+                   "data_fingerprint": bars.fingerprint, "code_version": code_version(),
+                   "kind": "tuning"}
+    parent_params = {**config.masked(), "data_rows": str(len(bars)), **split.dates()}
+    result = TuneResult(config=config, tracking_uri=getattr(tracker, "tracking_uri", None))
+    result.parent_run_id = tracker.start_parent(
+        f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}", parent_params, parent_tags)
+    if tracker.enabled:
+        log.info("tracking to %s (experiment %s, parent run %s)", mask_secrets(str(tracker.tracking_uri)),
+                 config.experiment_name, result.parent_run_id)
+
+    trial_tags = {"data_fingerprint": bars.fingerprint, "code_version": code_version(),
+                  **device_tags()}
+    base = split.baselines(split.val)
+    progress = sys.stderr.isatty() if config.progress is None else config.progress
+    status = "FAILED"
+    try:
+        for model in models:
+            ctx = tuning.TrialContext(
+                model=model, prepared=model.prepare(split), ticker=bars.ticker, seed=config.seed,
+                tags=trial_tags, final_metrics=base.as_dict("baseline_val_"),
+                fixed_overrides=config.fixed_params,
+            )
+            result.outcomes[model.name] = tuning.run_study(
+                opened[model.name], ctx, tracker, config.trials, progress)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        # Whatever happened, the JSON and the parent reflect every trial that finished.
+        for model in models:
+            entry = best_entry(opened[model.name].study)
+            if entry is not None:
+                result.best[model.name] = entry
+        if result.best:
+            result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
+        if tracker.enabled:
+            _summarise_parent(tracker, [opened[m.name].study for m in models], result, base)
+        result.tracking_errors = tracker.finish(status)
+    return result
+
+
+def _summarise_parent(tracker: Any, studies: list[Any], result: TuneResult, base: Any) -> None:
+    """Study summary metrics, best params, the JSON and plots on the parent run."""
+    from tickertune import tuning
+    from tickertune.plots import save_study_plots
+
+    tracker.writer.flush()  # trial runs first, so the parent's summary is the last word
+    metrics: dict[str, float] = {"baseline_val_logloss": base.logloss,
+                                 "baseline_val_accuracy": base.accuracy}
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files: list[tuple[Path, str | None]] = []
+        for study in studies:
+            model = study.user_attrs.get("model", study.study_name.split("_")[0])
+            counts = tuning.state_counts(study)
+            for state in ("COMPLETE", "PRUNED", "FAIL"):
+                metrics[f"{model}.n_{state.lower()}"] = counts[state]
+            outcome = result.outcomes.get(model)
+            if outcome is not None:
+                metrics[f"{model}.n_added"] = sum(outcome.added.values())
+            entry = result.best.get(model)
+            summary = {"study_name": study.study_name, "trials_by_state": counts, "best": entry}
+            if entry is not None:
+                metrics[f"{model}.best_val_logloss"] = entry["best_value"]
+                tags[f"{model}.best_trial"] = str(entry["best_trial"])
+                params.update({f"{model}.best.{k}": str(v) for k, v in entry["params"].items()})
+            path = Path(tmp) / f"{model}_study_summary.json"
+            path.write_text(json.dumps(summary, indent=2))
+            files.append((path, "summary"))
+            files += [(p, "plots") for p in save_study_plots(study, Path(tmp), model)]
+        if result.best_params_path is not None:
+            files.append((result.best_params_path, "best_params"))
+        tracker.log_parent(params=params, metrics=metrics, tags=tags, artifacts=files)

@@ -1,0 +1,193 @@
+"""`tickertune` command line: a thin shell over tickertune.api.
+
+Only the standard library is imported at module level, so `tickertune --help`
+answers instantly; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tickertune import __version__
+from tickertune.errors import NotFoundError, TickertuneError
+
+log = logging.getLogger("tickertune")
+
+DEFAULT_TRIALS = 20
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise TickertuneError(f"--set {item!r} is not KEY=VALUE")
+        value: Any = raw.strip()
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tickertune",
+        description="Per-ticker hyperparameter tuning (Optuna) with every trial tracked in MLflow.",
+    )
+    p.add_argument("--version", action="version", version=f"tickertune {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("tune", help="add trials to a ticker's studies (creates them on first use)",
+                       description="Tune a model for one ticker. Each invocation adds --trials "
+                       "trials to the persistent study and logs one nested MLflow run per trial.")
+    t.add_argument("ticker", help="ticker symbol, e.g. AAPL")
+    t.add_argument("--trials", type=_positive_int, default=DEFAULT_TRIALS,
+                   help=f"trials to add to each study (default {DEFAULT_TRIALS})")
+    t.add_argument("--model", default="xgb", choices=["xgb"], help="model to tune (default xgb)")
+    t.add_argument("--pruner", default="hyperband", choices=["hyperband", "asha", "median", "none"],
+                   help="pruner (default hyperband)")
+    t.add_argument("--seed", type=int, default=42, help="base seed for sampler and models (default 42)")
+    t.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///RESULTS_DIR/tuning.db)")
+    t.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    t.add_argument("--experiment", default=None,
+                   help="MLflow experiment (default $MLFLOW_EXPERIMENT_NAME, else 'tickertune')")
+    t.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    t.add_argument("--data", default="sample", metavar="SPEC",
+                   help="'sample' (bundled, default), 'csv:PATH' or 'yfinance'")
+    t.add_argument("--start", default=None, metavar="YYYY-MM-DD", help="first date to use")
+    t.add_argument("--end", default=None, metavar="YYYY-MM-DD", help="last date to use")
+    t.add_argument("--results-dir", default="results", type=Path,
+                   help="where the study database and best params go (default ./results)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a model parameter instead of searching it (repeatable)")
+    bar = t.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    t.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("studies", help="list the studies in a storage",
+                       description="Each study with its direction, trials by state and best value.")
+    s.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///results/tuning.db)")
+    s.add_argument("--results-dir", default="results", type=Path)
+    s.set_defaults(func=cmd_studies)
+
+    b = sub.add_parser("best", help="print a ticker's best-params JSON")
+    b.add_argument("ticker")
+    b.add_argument("--results-dir", default="results", type=Path)
+    b.set_defaults(func=cmd_best)
+    return p
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tickertune.api import tune
+    from tickertune.config import TuneConfig, mask_secrets
+
+    config = TuneConfig(
+        ticker=args.ticker, trials=args.trials, models=(args.model,), pruner=args.pruner,
+        seed=args.seed, storage=args.storage or None, tracking_uri=args.tracking_uri or None,
+        tracking=not args.no_tracking, experiment=args.experiment, data=args.data or "sample",
+        start=args.start or None, end=args.end or None, results_dir=args.results_dir,
+        fixed_params=_parse_set(args.set), progress=args.progress,
+    )
+    result = tune(config)
+    print()
+    for name, outcome in result.outcomes.items():
+        added = ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.added.items()))
+        entry = result.best.get(name)
+        best = (f"best val_logloss {entry['best_value']:.5f} (trial {entry['best_trial']} of "
+                f"{entry['n_trials']})" if entry else "no complete trial yet")
+        print(f"{outcome.study.study_name}: added {added}; {best}")
+    if result.best_params_path:
+        print(f"best params: {result.best_params_path}")
+    if result.parent_run_id:
+        uri = mask_secrets(str(result.tracking_uri))
+        print(f"MLflow parent run {result.parent_run_id} at {uri}")
+        if uri.startswith("sqlite:"):
+            print(f"  open the UI: mlflow ui --backend-store-uri {uri}")
+    print(f"study storage: {mask_secrets(config.storage_url)}")
+    print(f"more trials: tickertune tune {config.ticker} --trials 200  (each run adds to the study)")
+    if result.tracking_errors:
+        print(f"tickertune: {len(result.tracking_errors)} tracking writes failed; first: "
+              f"{result.tracking_errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from tickertune.studies import list_studies
+
+    from tickertune.config import TuneConfig
+
+    url = args.storage or TuneConfig(ticker="X", results_dir=args.results_dir).storage_url
+    rows = list_studies(url)
+    if not rows:
+        print("no studies yet")
+        return 0
+    headers = ["study", "direction", "trials", "complete", "pruned", "fail", "running", "best value",
+               "best trial"]
+    _print_table(headers, rows)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from tickertune.results import best_params_path, read_best_params
+
+    doc = read_best_params(args.results_dir, args.ticker)
+    if doc is None:
+        raise NotFoundError(
+            f"no best params for {args.ticker.upper()} at {best_params_path(args.results_dir, args.ticker)}; "
+            f"run: tickertune tune {args.ticker.upper()}")
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for j, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        return args.func(args)
+    except TickertuneError as exc:
+        print(f"tickertune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tickertune: interrupted; finished trials are saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

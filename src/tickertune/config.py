@@ -1,0 +1,88 @@
+"""One settings object for a tuning invocation, built by the CLI or by user code.
+
+Storage and tracking URLs live here and nowhere else; `masked()` is what gets
+printed or logged, so a password in a URL never leaves this module in clear.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tickertune.errors import ConfigError
+
+PRUNERS = ("hyperband", "asha", "median", "none")
+DEFAULT_EXPERIMENT = "tickertune"
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+
+
+def mask_secrets(text: str) -> str:
+    """Replace the password of every `scheme://user:password@host` in `text` with ***."""
+    return _PASSWORD_IN_URL.sub(r"\g<head>***", text)
+
+
+@dataclass
+class TuneConfig:
+    """Everything one `tickertune tune` invocation needs to know."""
+
+    ticker: str
+    trials: int = 20
+    models: tuple[str, ...] = ("xgb",)
+    pruner: str = "hyperband"
+    seed: int = 42
+    storage: str | None = None  # Optuna storage URL; default sqlite:///<results_dir>/tuning.db
+    tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI, then MLflow's own
+    tracking: bool = True
+    experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, then "tickertune"
+    data: str = "sample"
+    start: str | None = None
+    end: str | None = None
+    results_dir: Path = field(default_factory=lambda: Path("results"))
+    fixed_params: dict[str, Any] = field(default_factory=dict)  # override sampled params
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        self.ticker = self.ticker.strip().upper()
+        self.results_dir = Path(self.results_dir)
+        if isinstance(self.models, str):
+            self.models = (self.models,)
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1 (got {self.trials})")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        from tickertune.models import MODEL_NAMES  # light: no heavy imports
+
+        for m in self.models:
+            if m not in MODEL_NAMES:
+                raise ConfigError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+
+    @property
+    def storage_url(self) -> str:
+        """The Optuna storage URL actually used."""
+        if self.storage:
+            return self.storage
+        return f"sqlite:///{(self.results_dir / 'tuning.db').as_posix()}"
+
+    @property
+    def tracking_url(self) -> str | None:
+        """Explicit tracking URI, else MLFLOW_TRACKING_URI, else None (MLflow's default)."""
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+    def masked(self) -> dict[str, str]:
+        """The settings as strings, with secrets masked: safe to print and to log."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("fixed_params", "progress")}
+        out["models"] = ",".join(self.models)
+        out["storage"] = self.storage_url
+        out["tracking_uri"] = self.tracking_url or "(mlflow default)"
+        out["results_dir"] = str(self.results_dir)
+        for k, v in self.fixed_params.items():
+            out[f"fixed.{k}"] = v
+        return {k: mask_secrets(str(v)) for k, v in out.items() if v not in (None, "")}

@@ -1,0 +1,103 @@
+"""Gradient-boosted trees (XGBoost) on the feature rows. Imported only when used."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from tickertune.metrics import classification_metrics
+from tickertune.models.base import FitResult, ParamSpace, Reporter
+from tickertune.splits import Split
+
+EARLY_STOPPING_ROUNDS = 30
+MAX_ROUNDS = 600
+
+
+@dataclass
+class PreparedXGB:
+    """DMatrices built once per study and shared (read-only) by every trial."""
+
+    dtrain: Any
+    dval: Any
+    y_val: np.ndarray
+
+
+class XGBoostModel:
+    """XGBoost classifier; reports validation log loss after every boosting round."""
+
+    name = "xgb"
+    step_unit = "round"
+    monitor = "val_logloss"
+    min_resource = 10
+    max_resource = MAX_ROUNDS
+
+    def suggest_params(self, space: ParamSpace) -> dict[str, Any]:
+        return {
+            "n_estimators": space.suggest_int("n_estimators", 50, MAX_ROUNDS, step=50),
+            "learning_rate": space.suggest_float("learning_rate", 0.005, 0.3, log=True),
+            "max_depth": space.suggest_int("max_depth", 2, 8),
+            "subsample": space.suggest_float("subsample", 0.5, 1.0),
+            "colsample_bytree": space.suggest_float("colsample_bytree", 0.4, 1.0),
+            "gamma": space.suggest_float("gamma", 1e-8, 5.0, log=True),
+            "min_child_weight": space.suggest_float("min_child_weight", 1.0, 50.0, log=True),
+            "reg_alpha": space.suggest_float("reg_alpha", 1e-8, 10.0, log=True),
+            "reg_lambda": space.suggest_float("reg_lambda", 1e-8, 10.0, log=True),
+        }
+
+    def fixed_params(self, seed: int) -> dict[str, Any]:
+        return {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "early_stopping_rounds": EARLY_STOPPING_ROUNDS,
+            "nthread": os.cpu_count() or 1,
+            "seed": seed,
+        }
+
+    def prepare(self, split: Split) -> PreparedXGB:
+        names = split.features.names
+        dtrain = xgb.DMatrix(split.X(split.train), label=split.y(split.train), feature_names=names)
+        dval = xgb.DMatrix(split.X(split.val), label=split.y(split.val), feature_names=names)
+        return PreparedXGB(dtrain=dtrain, dval=dval, y_val=split.y(split.val))
+
+    def fit(self, params: dict[str, Any], prepared: PreparedXGB, reporter: Reporter) -> FitResult:
+        p = dict(params)
+        rounds = int(p.pop("n_estimators"))
+        early = int(p.pop("early_stopping_rounds"))
+        booster = xgb.train(
+            {**p, "verbosity": 0},
+            prepared.dtrain,
+            num_boost_round=rounds,
+            evals=[(prepared.dval, "validation")],
+            early_stopping_rounds=early,
+            callbacks=[_ReportEachRound(reporter)],
+            verbose_eval=False,
+        )
+        best = int(booster.best_iteration)
+        prob = booster.predict(prepared.dval, iteration_range=(0, best + 1))
+        m = classification_metrics(prepared.y_val, prob)
+        n_rounds = int(booster.num_boosted_rounds())
+        metrics = {
+            "val_logloss": m["logloss"],
+            "val_accuracy": m["accuracy"],
+            "val_auc": m["auc"],
+            "best_iteration": float(best + 1),
+            "n_rounds": float(n_rounds),
+        }
+        return FitResult(value=m["logloss"], metrics=metrics, steps=n_rounds, model=booster)
+
+
+class _ReportEachRound(xgb.callback.TrainingCallback):
+    """Adapter from xgboost's callback protocol to our reporter (step = rounds so far)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__()
+        self._reporter = reporter
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+        self._reporter(epoch + 1, {"val_logloss": float(evals_log["validation"]["logloss"][-1])})
+        return False

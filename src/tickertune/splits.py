@@ -1,0 +1,100 @@
+"""Chronological train / validation / test segments separated by gaps.
+
+The gap between segments is at least the feature look-back, so no bar that feeds a
+training row (its window or its next-day target) feeds a validation or test row.
+The test segment is held out of tuning entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tickertune.errors import DataError
+from tickertune.features import FeatureSet
+from tickertune.metrics import Baselines, baselines
+
+MIN_TRAIN, MIN_VAL, MIN_TEST = 200, 50, 50
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One contiguous block of feature rows: [start, stop)."""
+
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train, validation and test segments of a FeatureSet, with their baselines."""
+
+    features: FeatureSet
+    train: Segment
+    val: Segment
+    test: Segment
+    gap: int
+
+    def X(self, seg: Segment) -> np.ndarray:
+        return self.features.X.to_numpy(dtype=np.float64)[seg.rows]
+
+    def y(self, seg: Segment) -> np.ndarray:
+        return self.features.y[seg.rows]
+
+    def baselines(self, seg: Segment) -> Baselines:
+        """Prior-rate and majority-class baselines for `seg`, fitted on train."""
+        return baselines(self.y(self.train), self.y(seg))
+
+    def dates(self) -> dict[str, str]:
+        """First and last date of each segment (ISO), recorded on the study and runs."""
+        d = self.features.dates
+        return {
+            f"{s.name}_{edge}": str(d[i].date())
+            for s in (self.train, self.val, self.test)
+            for edge, i in (("start", s.start), ("end", s.stop - 1))
+        }
+
+
+def min_rows(lookback: int, gap: int | None = None) -> int:
+    """Bars needed for warm-up, two gaps, the last row and the minimum segments."""
+    gap = lookback if gap is None else gap
+    return (lookback - 1) + 2 * gap + 1 + MIN_TRAIN + MIN_VAL + MIN_TEST
+
+
+def chronological_split(
+    features: FeatureSet,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    gap: int | None = None,
+    source: str = "data",
+) -> Split:
+    """Split rows in time order: train | gap | validation | gap | test."""
+    gap = features.lookback if gap is None else gap
+    if gap < features.lookback:
+        raise ValueError(f"gap {gap} is shorter than the feature look-back {features.lookback}")
+    n = len(features.y)
+    usable = n - 2 * gap
+    n_test = int(round(usable * test_frac))
+    n_val = int(round(usable * val_frac))
+    n_train = usable - n_val - n_test
+    if n_train < MIN_TRAIN or n_val < MIN_VAL or n_test < MIN_TEST:
+        need = min_rows(features.lookback, gap)
+        bars = n + features.lookback  # rows before warm-up and last-row removal
+        raise DataError(
+            f"{source}: too few rows: {bars} bars, at least {need} needed "
+            f"(look-back {features.lookback}, gaps {gap}, train/val/test >= "
+            f"{MIN_TRAIN}/{MIN_VAL}/{MIN_TEST}); widen --start/--end"
+        )
+    train = Segment("train", 0, n_train)
+    val = Segment("val", n_train + gap, n_train + gap + n_val)
+    test = Segment("test", val.stop + gap, val.stop + gap + n_test)
+    return Split(features=features, train=train, val=val, test=test, gap=gap)

@@ -1,0 +1,322 @@
+"""Optuna studies: creation or loading, sampler and pruner, and the trial loop.
+
+One trial loop serves every model: the model suggests its params and fits with a
+reporter; here the reporter becomes `trial.report` + `should_prune` (and a buffered
+metric for tracking). Each trial's run is opened before the fit and closed with the
+trial's real end state: COMPLETE, PRUNED or FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from tickertune.config import mask_secrets
+from tickertune.errors import ConfigError
+from tickertune.models.base import Model, ParamSpace
+
+log = logging.getLogger("tickertune")
+
+DIRECTION = "minimize"  # validation log loss
+
+
+def study_name(model: str, ticker: str) -> str:
+    return f"{model}_tuning_{ticker}"
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """An Optuna pruner and the steps at which it can decide anything.
+
+    Every step is reported to Optuna; `should_prune` (a storage read costing ~10 ms on
+    SQLite) is asked only at decision steps. For Hyperband and successive halving
+    those are the rungs min_resource * reduction_factor**k, where asking at other steps
+    always answers False, so the pruning is exactly the same."""
+
+    name: str
+    pruner: optuna.pruners.BasePruner
+    min_resource: int = 1
+    base: int = 0  # geometric rungs when > 1; 0 = every `interval` steps
+    interval: int = 1
+
+    def decides_at(self, step: int) -> bool:
+        if self.name == "none" or step < self.min_resource:
+            return False
+        if self.base > 1:
+            q = step / self.min_resource
+            while q > 1 and q == int(q) and int(q) % self.base == 0:
+                q /= self.base
+            return q == 1
+        return (step - self.min_resource) % self.interval == 0
+
+
+def make_pruner(name: str, model: Model) -> PrunerSpec:
+    """hyperband (default) | asha | median | none, sized by the model's step budget."""
+    lo = model.min_resource
+    if name == "hyperband":
+        return PrunerSpec(name, optuna.pruners.HyperbandPruner(
+            min_resource=lo, max_resource=model.max_resource, reduction_factor=3), lo, base=3)
+    if name == "asha":
+        return PrunerSpec(name, optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=2), 1, base=2)
+    if name == "median":
+        return PrunerSpec(name, optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=lo, interval_steps=lo), lo, interval=lo)
+    if name == "none":
+        return PrunerSpec(name, optuna.pruners.NopPruner())
+    raise ConfigError(f"unknown pruner {name!r}")
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the study storage at `url`.
+
+    SQLite files use WAL journaling with synchronous=NORMAL: a report costs about half
+    (one write per boosting round adds up), readers such as optuna-dashboard do not
+    block writers, and a crashed process cannot corrupt the file."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=30) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+        kwargs = {"engine_kwargs": {"connect_args": {"timeout": 30}}}
+    try:
+        storage = optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL / down server
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open study storage {mask_secrets(url)}: {mask_secrets(first)}") from None
+    if kwargs:
+        from sqlalchemy import event
+
+        @event.listens_for(storage.engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        storage.engine.dispose()  # reconnect with the pragma
+    return storage
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    created: bool
+    n_existing: int
+    pruner: PrunerSpec
+
+
+def open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    pruner: PrunerSpec,
+    seed: int,
+    attrs: dict[str, Any],
+) -> OpenedStudy:
+    """Create `name` or load it (load_if_exists), refusing a study of another mode.
+
+    The sampler seed is `seed + existing trials`, so a re-run continues the search
+    instead of replaying the random start-up points of the first invocation."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we log created/loaded ourselves
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None and len(existing.directions) != 1:
+        raise ConfigError(
+            f"study {name!r} in this storage has {len(existing.directions)} objectives; "
+            f"it is not a single-objective log-loss study (use another --storage or study mode)"
+        )
+    if existing is not None and existing.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ConfigError(f"study {name!r} in this storage maximises; tickertune minimises log loss")
+    n_existing = len(existing.trials) if existing is not None else 0
+    sampler = optuna.samplers.TPESampler(seed=seed + n_existing, multivariate=True)
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=pruner.pruner,
+        direction=DIRECTION, load_if_exists=True,
+    )
+    created = existing is None
+    if created:
+        for k, v in attrs.items():
+            study.set_user_attr(k, v)
+        log.info("created new study %s", name)
+    else:
+        old = study.user_attrs.get("data_fingerprint")
+        if old and old != attrs.get("data_fingerprint"):
+            log.warning("study %s was started on other data (fingerprint %s, now %s): "
+                        "its trials are not comparable", name, old, attrs.get("data_fingerprint"))
+        log.info("loaded study %s with %d existing trials", name, n_existing)
+    study.set_user_attr("pruner", pruner.name)
+    return OpenedStudy(study=study, created=created, n_existing=n_existing, pruner=pruner)
+
+
+class _FixingSpace:
+    """A ParamSpace that answers fixed values for overridden names, Optuna for the rest."""
+
+    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        self._trial, self._fixed = trial, fixed
+
+    def suggest_float(self, name: str, low: float, high: float, **kw: Any) -> float:
+        return self._fixed[name] if name in self._fixed else self._trial.suggest_float(name, low, high, **kw)
+
+    def suggest_int(self, name: str, low: int, high: int, **kw: Any) -> int:
+        return self._fixed[name] if name in self._fixed else self._trial.suggest_int(name, low, high, **kw)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._fixed[name] if name in self._fixed else self._trial.suggest_categorical(name, choices)
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one study shares: built once, read by each trial."""
+
+    model: Model
+    prepared: Any
+    ticker: str
+    seed: int
+    tags: dict[str, str]  # constant tags for every trial run (fingerprint, version, device)
+    final_metrics: dict[str, float] = field(default_factory=dict)  # e.g. baselines
+    fixed_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def make_objective(
+    ctx: TrialContext, study: optuna.Study, tracker: Any, pruner: PrunerSpec,
+    errors: dict[int, str] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The objective: suggest, fit with a pruning reporter, record, return val log loss.
+
+    A failing trial's error text goes to `errors[trial.number]` (Optuna keeps none)."""
+    model = ctx.model
+    space_fixed = dict(ctx.fixed_overrides)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = model.suggest_params(_FixingSpace(trial, space_fixed))
+        fixed = model.fixed_params(seed=ctx.seed + trial.number)
+        fixed.update({k: v for k, v in space_fixed.items() if k not in params})
+        if space_fixed:
+            trial.set_user_attr("fixed_params", json.dumps(space_fixed, sort_keys=True))
+        tags = {
+            **ctx.tags,
+            "study_name": study.study_name,
+            "trial_number": str(trial.number),
+            "ticker": ctx.ticker,
+            "model": model.name,
+        }
+        run = tracker.start_trial(
+            trial.number, f"{model.name}-trial-{trial.number:04d}", {**fixed, **params}, tags,
+            model.step_unit, on_created=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+        )
+        t0 = time.perf_counter()
+        last = {"step": 0}
+
+        def reporter(step: int, metrics: dict[str, float]) -> None:
+            last["step"] = step
+            run.log_step(step, metrics)
+            trial.report(metrics[model.monitor], step)
+            if pruner.decides_at(step) and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at {model.step_unit} {step}")
+
+        state, error, end_tags = "FAIL", None, {}
+        try:
+            result = model.fit({**fixed, **params}, ctx.prepared, reporter)
+            if not math.isfinite(result.value):
+                raise ValueError(f"objective value is {result.value}")
+            run.log_metrics({**result.metrics, **ctx.final_metrics,
+                             "duration_s": time.perf_counter() - t0})
+            state = "COMPLETE"
+            return result.value
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            end_tags["pruned_at_step"] = str(last["step"])
+            run.log_metrics({"duration_s": time.perf_counter() - t0})
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}".strip()
+            if errors is not None:
+                errors[trial.number] = error
+            run.log_metrics({"duration_s": time.perf_counter() - t0})
+            raise
+        finally:
+            run.run_id()  # the trial -> run link must land before Optuna closes the trial
+            tracker.end_trial(trial.number, state, error, end_tags)
+
+    return objective
+
+
+@dataclass
+class StudyOutcome:
+    """The study after this invocation, and what this invocation added."""
+
+    study: optuna.Study
+    added: Counter  # states of the trials this invocation ran
+    first_number: int
+
+
+def run_study(
+    opened: OpenedStudy,
+    ctx: TrialContext,
+    tracker: Any,
+    n_trials: int,
+    progress: bool,
+) -> StudyOutcome:
+    """Run exactly `n_trials` more trials (any end state) on the study."""
+    study = opened.study
+    added: Counter = Counter()
+    errors: dict[int, str] = {}
+    bar = _progress_bar(n_trials, f"{ctx.model.name} {ctx.ticker}") if progress else None
+
+    def on_trial_end(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        added[t.state.name] += 1
+        try:
+            best = f"best={st.best_value:.5f} (trial {st.best_trial.number})"
+        except ValueError:
+            best = "best=n/a"
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            what = f"val_logloss={t.value:.5f}"
+        elif t.state == optuna.trial.TrialState.PRUNED:
+            steps = t.last_step if t.last_step is not None else 0
+            what = f"pruned after {steps} {ctx.model.step_unit}s"
+        else:
+            what = "failed: " + errors.get(t.number, "unknown error").splitlines()[0][:200]
+        dur = t.duration.total_seconds() if t.duration else 0.0
+        line = f"[{ctx.model.name}] trial {t.number} {t.state.name} {what} {best} {dur:.1f}s"
+        if bar is not None:
+            bar.set_postfix_str(best)
+            bar.update(1)
+            if t.state == optuna.trial.TrialState.FAIL:
+                bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
+    try:
+        study.optimize(
+            make_objective(ctx, study, tracker, opened.pruner, errors), n_trials=n_trials,
+            callbacks=[on_trial_end], catch=(Exception,), gc_after_trial=False,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return StudyOutcome(study=study, added=added, first_number=opened.n_existing)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials of the whole study by state: COMPLETE, PRUNED, FAIL, RUNNING, WAITING."""
+    c = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    return {s.name: c.get(s.name, 0) for s in optuna.trial.TrialState}
