@@ -39,8 +39,10 @@ class TuneResult:
     tracking_errors: list[str] = field(default_factory=list)
 
 
-def tune(config: TuneConfig) -> TuneResult:
-    """Tune every model of `config` on its ticker; append `config.trials` trials to each study."""
+def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
+    """Tune every model of `config` on its ticker; append `config.trials` trials to each study.
+
+    `pruner`: an Optuna pruner object to use instead of `config.pruner` (asked at every step)."""
     from tickertune import tuning
     from tickertune.models import get_model
     from tickertune.results import best_entry, write_best_params
@@ -66,8 +68,10 @@ def tune(config: TuneConfig) -> TuneResult:
     }
     opened = {
         m.name: tuning.open_study(
-            tuning.study_name(m.name, bars.ticker), storage, tuning.make_pruner(config.pruner, m),
-            config.seed, {**study_attrs, "model": m.name, "pruner": config.pruner},
+            tuning.study_name(m.name, bars.ticker), storage,
+            tuning.PrunerSpec(type(pruner).__name__, pruner) if pruner is not None
+            else tuning.make_pruner(config.pruner, m),
+            config.seed, {**study_attrs, "model": m.name},
         )
         for m in models
     }
@@ -82,8 +86,8 @@ def tune(config: TuneConfig) -> TuneResult:
     result.parent_run_id = tracker.start_parent(
         f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}", parent_params, parent_tags)
     if tracker.enabled:
-        log.info("tracking to %s (experiment %s, parent run %s)", mask_secrets(str(tracker.tracking_uri)),
-                 config.experiment_name, result.parent_run_id)
+        log.info("tracking to %s (experiment id %s, parent run %s)",
+                 mask_secrets(str(tracker.tracking_uri)), tracker.experiment_id, result.parent_run_id)
 
     trial_tags = {"data_fingerprint": bars.fingerprint, "code_version": code_version(),
                   **device_tags()}

@@ -129,7 +129,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if uri.startswith("sqlite:"):
             print(f"  open the UI: mlflow ui --backend-store-uri {uri}")
     print(f"study storage: {mask_secrets(config.storage_url)}")
-    print(f"more trials: tickertune tune {config.ticker} --trials 200  (each run adds to the study)")
+    more = (f"mlflow run . -P ticker={config.ticker} -P trials=200" if os.environ.get("MLFLOW_RUN_ID")
+            else f"tickertune tune {config.ticker} --trials 200")
+    print(f"a bigger search: {more}  (each run adds trials to the same study)")
+    if not result.best:
+        print("tickertune: error: no trial has completed in any study; see the errors above",
+              file=sys.stderr)
+        return 1
     if result.tracking_errors:
         print(f"tickertune: {len(result.tracking_errors)} tracking writes failed; first: "
               f"{result.tracking_errors[0]}", file=sys.stderr)

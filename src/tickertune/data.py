@@ -181,7 +181,7 @@ def _validate(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             out["date"] = parsed.dt.normalize()
         else:
             values = pd.to_numeric(text, errors="coerce")
-            bad = values.isna().to_numpy()
+            bad = (values.isna() | ~np.isfinite(values.fillna(0.0).astype(np.float64))).to_numpy()
             if bad.any():
                 i = int(np.argmax(bad))
                 raise DataError(

@@ -64,10 +64,24 @@ class Split:
         }
 
 
-def min_rows(lookback: int, gap: int | None = None) -> int:
-    """Bars needed for warm-up, two gaps, the last row and the minimum segments."""
+def _sizes(usable: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
+    n_test = int(round(usable * test_frac))
+    n_val = int(round(usable * val_frac))
+    return usable - n_val - n_test, n_val, n_test
+
+
+def _fits(sizes: tuple[int, int, int]) -> bool:
+    return sizes[0] >= MIN_TRAIN and sizes[1] >= MIN_VAL and sizes[2] >= MIN_TEST
+
+
+def min_rows(lookback: int, gap: int | None = None, val_frac: float = 0.15,
+             test_frac: float = 0.15) -> int:
+    """Fewest bars that split: warm-up, last row, two gaps and segments at their minimum."""
     gap = lookback if gap is None else gap
-    return (lookback - 1) + 2 * gap + 1 + MIN_TRAIN + MIN_VAL + MIN_TEST
+    usable = MIN_TRAIN + MIN_VAL + MIN_TEST
+    while not _fits(_sizes(usable, val_frac, test_frac)):
+        usable += 1
+    return usable + 2 * gap + lookback  # lookback = (lookback - 1) warm-up rows + the last row
 
 
 def chronological_split(
@@ -82,12 +96,9 @@ def chronological_split(
     if gap < features.lookback:
         raise ValueError(f"gap {gap} is shorter than the feature look-back {features.lookback}")
     n = len(features.y)
-    usable = n - 2 * gap
-    n_test = int(round(usable * test_frac))
-    n_val = int(round(usable * val_frac))
-    n_train = usable - n_val - n_test
-    if n_train < MIN_TRAIN or n_val < MIN_VAL or n_test < MIN_TEST:
-        need = min_rows(features.lookback, gap)
+    n_train, n_val, n_test = _sizes(n - 2 * gap, val_frac, test_frac)
+    if not _fits((n_train, n_val, n_test)):
+        need = min_rows(features.lookback, gap, val_frac, test_frac)
         bars = n + features.lookback  # rows before warm-up and last-row removal
         raise DataError(
             f"{source}: too few rows: {bars} bars, at least {need} needed "

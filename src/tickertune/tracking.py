@@ -1,17 +1,23 @@
 """Everything that talks to MLflow: the parent run, one nested run per trial, batching.
 
-Trial runs are written by one background thread so that MLflow's per-call cost
-(a transaction each on the SQLite store, a request each on a server) stays off the
-trial's critical path: a trial only appends to a queue. The thread keeps the order
-of operations, and `finish()` drains it before the process moves on, so no finished
-trial loses data and no run is left RUNNING on a normal or interrupted exit.
+Trial runs are written by a separate, low-priority writer *process*. A call to
+MLflow's SQLite store costs 10-100 ms of Python (SQLAlchemy) work; in a thread of the
+tuning process that work would hold the GIL and slow every trial by a third. In its
+own process it runs on whatever CPU the trials leave idle, and a trial only puts a
+message on a queue. Requests to create a run jump the queue, so a trial never waits
+behind earlier trials' metric batches. `finish()` drains the queue; if the tuning
+process dies, the writer still drains what it was given before it exits, so no
+finished trial loses its data.
 
 `NullTracker` has the same interface and does nothing (`--no-tracking`).
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import multiprocessing
 import os
 import queue
 import threading
@@ -30,6 +36,7 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow log_batch limits per call
 MAX_PARAM_LEN, MAX_TAG_LEN = 6000, 8000
+WRITER_NICE = 10
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -62,43 +69,154 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
                       f"({problem}); start it or pass --no-tracking")
 
 
+def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int) -> None:
+    """The writer process: run MLflow calls, creates first, until told to stop."""
+    try:
+        os.nice(WRITER_NICE)
+    except OSError:
+        pass
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    try:  # connections inherited through fork belong to the parent: start a fresh pool
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for engine in list(SqlAlchemyStore._engine_map.values()):
+            engine.dispose(close=False)
+    except (ImportError, AttributeError):
+        pass
+    client = MlflowClient(tracking_uri)
+    pending: collections.deque = collections.deque()
+    creates: collections.deque = collections.deque()
+    stopping = False
+
+    def take(msg: tuple) -> None:
+        nonlocal stopping
+        if msg[0] == "stop":
+            stopping = True
+        (creates if msg[0] == "create" else pending).append(msg)
+
+    while True:
+        try:  # gather everything queued, then serve creates before anything else
+            while True:
+                take(requests.get_nowait())
+        except queue.Empty:
+            pass
+        if not creates and not pending:
+            if stopping:
+                return
+            try:
+                take(requests.get(timeout=1.0))
+            except queue.Empty:
+                if os.getppid() != parent_pid:  # the tuning process is gone: nothing more comes
+                    stopping = True
+            continue
+        kind, op_id, body = (creates or pending).popleft()
+        try:
+            if kind == "create":
+                run = client.create_run(body["experiment_id"], start_time=body["start_ms"],
+                                        tags=body["tags"], run_name=body["run_name"])
+                value: Any = run.info.run_id
+                for chunk in _chunks([Param(k, v) for k, v in body["params"]], MAX_PARAMS):
+                    client.log_batch(value, params=chunk)
+            elif kind == "end":
+                rid = body["run_id"]
+                metrics = [Metric(k, v, ts, st) for k, v, ts, st in body["metrics"]]
+                for chunk in _chunks(metrics, MAX_METRICS):
+                    client.log_batch(rid, metrics=chunk)
+                client.log_batch(rid, tags=[RunTag(k, v) for k, v in body["tags"].items()])
+                client.set_terminated(rid, status=body["status"], end_time=body["end_ms"])
+                value = None
+            else:  # "flush" / "stop": everything before it is done
+                value = None
+            results.put((op_id, True, value))
+        except Exception as exc:  # noqa: BLE001 - reported to the tuning process
+            results.put((op_id, False, mask_secrets(f"{type(exc).__name__}: {exc}".splitlines()[0])))
+
+
 class _Writer:
-    """A single background thread that runs tracking calls in submission order."""
+    """Client side of the writer process: send operations, get futures back."""
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
+    def __init__(self, tracking_uri: str) -> None:
+        # fork: the child starts instantly with mlflow already imported. It builds its
+        # own client and database connections, never touching the parent's.
+        ctx = multiprocessing.get_context("fork")
+        self._requests, self._results = ctx.Queue(), ctx.Queue()
+        self._futures: dict[int, Future] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
         self.errors: list[str] = []
-        self._thread = threading.Thread(target=self._loop, name="tickertune-tracking", daemon=True)
-        self._thread.start()
+        self._proc = ctx.Process(target=_writer_main, name="tickertune-tracking",
+                                 args=(tracking_uri, self._requests, self._results, os.getpid()))
+        self._proc.start()
+        self._closed = False
+        self._collector = threading.Thread(target=self._collect, name="tickertune-results", daemon=True)
+        self._collector.start()
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
+    def submit(self, kind: str, body: dict[str, Any] | None = None) -> Future:
         fut: Future = Future()
-        self._queue.put((fn, fut))
+        with self._lock:
+            op_id = next(self._ids)
+            self._futures[op_id] = fut
+        self._requests.put((kind, op_id, body or {}))
         return fut
 
-    def flush(self) -> None:
-        self._queue.join()
-
-    def _loop(self) -> None:
+    def _collect(self) -> None:
         while True:
-            fn, fut = self._queue.get()
             try:
-                fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - reported, never kills the writer
-                msg = mask_secrets(f"{type(exc).__name__}: {exc}".splitlines()[0])
-                self.errors.append(msg)
-                log.warning("tracking write failed: %s", msg)
-                fut.set_exception(exc)
-            finally:
-                self._queue.task_done()
+                op_id, ok, value = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    self._fail_all(f"the tracking writer process exited (code {self._proc.exitcode})")
+                    return
+                continue
+            with self._lock:
+                fut = self._futures.pop(op_id, None)
+            if fut is None:
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                self.errors.append(value)
+                log.warning("tracking write failed: %s", value)
+                fut.set_exception(RuntimeError(value))
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            futures, self._futures = list(self._futures.values()), {}
+        if futures:
+            self.errors.append(why)
+            log.warning("tracking: %s; %d writes lost", why, len(futures))
+        for fut in futures:
+            fut.set_exception(RuntimeError(why))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every operation sent so far is done (or failed)."""
+        if self._closed:
+            return
+        try:
+            self.submit("flush").result(timeout=timeout)
+        except Exception:  # noqa: BLE001 - already reported
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._requests.put(("stop", -1, {}))
+        self._proc.join(timeout=30)
 
 
 class TrialRun:
     """The MLflow run of one trial. Buffers metrics; writes happen on the writer thread."""
 
-    def __init__(self, tracker: "MlflowTracker", created: Future, step_unit: str) -> None:
+    def __init__(self, tracker: "MlflowTracker", created: Future, step_unit: str,
+                 on_created: Callable[[str], None] | None = None) -> None:
         self._tracker = tracker
         self._created = created
+        self._on_created = on_created
+        self._linked = False
         self._prefix = f"{step_unit}/"
         self._metrics: list[tuple[str, float, int, int]] = []  # key, value, timestamp, step
         self._ended = False
@@ -115,12 +233,16 @@ class TrialRun:
         for k, v in metrics.items():
             self._metrics.append((k, float(v), ts, 0))
 
-    def run_id(self, timeout: float | None = 60.0) -> str | None:
-        """Wait for the run to exist (normally long done) and return its id; None on error."""
+    def run_id(self, timeout: float | None = 120.0) -> str | None:
+        """Wait for the run to exist (normally long done), link it once; None on error."""
         try:
-            return self._created.result(timeout=timeout)
+            rid = self._created.result(timeout=timeout)
         except Exception:  # noqa: BLE001 - already reported by the writer
             return None
+        if not self._linked and self._on_created is not None:
+            self._linked = True
+            self._on_created(rid)
+        return rid
 
     def end(self, state: str, error: str | None = None, tags: dict[str, str] | None = None) -> None:
         """Queue the buffered metrics and the final status (COMPLETE/PRUNED/FAIL)."""
@@ -131,19 +253,13 @@ class TrialRun:
         end_tags = {"trial_state": state, **(tags or {})}
         if error:
             end_tags["error"] = mask_secrets(error)[:MAX_TAG_LEN]
-        created, client = self._created, self._tracker.client
-        end_ms = _now_ms()
-
-        def write() -> None:
-            from mlflow.entities import Metric, RunTag
-
-            run_id = created.result()
-            for chunk in _chunks([Metric(k, v, ts, s) for k, v, ts, s in metrics], MAX_METRICS):
-                client.log_batch(run_id, metrics=chunk)
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in end_tags.items()])
-            client.set_terminated(run_id, status=RUN_STATUS[state], end_time=end_ms)
-
-        self._tracker.writer.submit(write)
+        run_id = self.run_id()
+        if run_id is None:
+            return  # creation failed and was reported; nothing to end
+        self._tracker.writer.submit("end", {
+            "run_id": run_id, "metrics": metrics, "tags": end_tags,
+            "status": RUN_STATUS[state], "end_ms": _now_ms(),
+        })
 
 
 class MlflowTracker:
@@ -167,7 +283,7 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._owns_parent = False
-        self.writer = _Writer()
+        self.writer = _Writer(self.tracking_uri)
         self._open: dict[int, TrialRun] = {}
 
     # -- parent ---------------------------------------------------------------------------
@@ -241,25 +357,16 @@ class MlflowTracker:
         step_unit: str,
         on_created: Callable[[str], None] | None = None,
     ) -> TrialRun:
-        """Create the trial's nested run in the background; `on_created(run_id)` links it."""
-        from mlflow.entities import Param
+        """Ask the writer to create the trial's nested run; `on_created(run_id)` is called
+        (in this process) the first time the trial asks for its run id."""
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        client, exp_id, parent = self.client, self.experiment_id, self.parent_run_id
-        start_ms = _now_ms()
-        all_tags = {MLFLOW_PARENT_RUN_ID: parent, **tags}
-        plist = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
-
-        def create() -> str:
-            run = client.create_run(exp_id, start_time=start_ms, tags=all_tags, run_name=run_name)
-            rid = run.info.run_id
-            for chunk in _chunks(plist, MAX_PARAMS):
-                client.log_batch(rid, params=chunk)
-            if on_created is not None:
-                on_created(rid)
-            return rid
-
-        run = TrialRun(self, self.writer.submit(create), step_unit)
+        created = self.writer.submit("create", {
+            "experiment_id": self.experiment_id, "start_ms": _now_ms(), "run_name": run_name,
+            "tags": {MLFLOW_PARENT_RUN_ID: self.parent_run_id, **tags},
+            "params": [(k, mask_secrets(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()],
+        })
+        run = TrialRun(self, created, step_unit, on_created)
         self._open[number] = run
         return run
 
@@ -276,7 +383,7 @@ class MlflowTracker:
         Returns the tracking errors seen (empty when every write landed)."""
         for number in list(self._open):
             self.end_trial(number, "FAIL", error="the invocation ended before this trial did")
-        self.writer.flush()
+        self.writer.close()
         if self._owns_parent and self.parent_run_id:
             self.client.set_terminated(self.parent_run_id, status=status)
         return list(self.writer.errors)
