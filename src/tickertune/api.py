@@ -37,6 +37,7 @@ class TuneResult:
     parent_run_id: str | None = None
     tracking_uri: str | None = None
     tracking_errors: list[str] = field(default_factory=list)
+    registered: dict[str, list[Any]] = field(default_factory=dict)  # model -> [registry.Ranked]
 
 
 def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
@@ -45,13 +46,14 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
     `pruner`: an Optuna pruner object to use instead of `config.pruner` (asked at every step)."""
     from tickertune import tuning
     from tickertune.models import get_model
+    from tickertune.registry import Candidate, TopK
     from tickertune.results import best_entry, write_best_params
     from tickertune.tracking import MlflowTracker, NullTracker, check_reachable
 
     bars = load_bars(config.ticker, config.data, config.start, config.end)
     features = build_features(bars.frame)
     split = chronological_split(features, source=bars.source)
-    models = [get_model(name) for name in config.models]
+    models = [get_model(name, device=config.device) for name in config.models]
     if config.tracking:
         check_reachable(config.tracking_url)
 
@@ -61,6 +63,9 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         "objective": "val_logloss",
         "data_source": bars.source,
         "data_fingerprint": bars.fingerprint,
+        "data_spec": str(config.data),
+        "start": config.start or "",
+        "end": config.end or "",
         "features": features.names,
         "gap": split.gap,
         **split.dates(),
@@ -96,13 +101,23 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
     status = "FAILED"
     try:
         for model in models:
+            prepared = model.prepare(split)
+            keep = TopK(config.top_k if model.name == "transformer" else 1)
             ctx = tuning.TrialContext(
-                model=model, prepared=model.prepare(split), ticker=bars.ticker, seed=config.seed,
+                model=model, prepared=prepared, ticker=bars.ticker, seed=config.seed,
                 tags=trial_tags, final_metrics=base.as_dict("baseline_val_"),
                 fixed_overrides=config.fixed_params,
+                on_complete=(lambda n, v, fit, rid, params, keep=keep: keep.offer(
+                    Candidate(v, n, rid, fit, params))) if tracker.enabled else None,
             )
-            result.outcomes[model.name] = tuning.run_study(
-                opened[model.name], ctx, tracker, config.trials, progress)
+            try:
+                result.outcomes[model.name] = tuning.run_study(
+                    opened[model.name], ctx, tracker, config.trials, progress)
+            finally:
+                if tracker.enabled and keep.k:
+                    tracker.writer.flush()  # the trial runs exist before models are logged to them
+                    result.registered[model.name] = _register(
+                        model, prepared, keep, opened[model.name].study, bars, split, result)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -117,8 +132,28 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
             result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
         if tracker.enabled:
             _summarise_parent(tracker, [opened[m.name].study for m in models], result, base)
-        result.tracking_errors = tracker.finish(status)
+        result.tracking_errors = tracker.finish(status) + result.tracking_errors
     return result
+
+
+def _register(model: Any, prepared: Any, keep: Any, study: Any, bars: Any, split: Any,
+              result: TuneResult) -> list[Any]:
+    """Register this invocation's entrants into the study's top-k; never fails the tuning."""
+    from tickertune.registry import register_top_k
+
+    meta = {"ticker": bars.ticker, "study_name": study.study_name, "features": split.features.names,
+            "data_fingerprint": bars.fingerprint, "data_source": bars.source,
+            "code_version": code_version(), **split.dates()}
+    try:
+        return register_top_k(
+            ticker=bars.ticker, model=model, prepared=prepared, study_name=study.study_name,
+            candidates=keep.items, k=keep.k, meta=meta,
+            val_dates=split.features.dates[split.val.rows], bars=bars.frame)
+    except Exception as exc:  # noqa: BLE001 - the study is done; report, do not lose it
+        msg = mask_secrets(f"registry: {type(exc).__name__}: {exc}".splitlines()[0])
+        log.error("%s", msg)
+        result.tracking_errors.append(msg)
+        return []
 
 
 def _summarise_parent(tracker: Any, studies: list[Any], result: TuneResult, base: Any) -> None:

@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("ticker", help="ticker symbol, e.g. AAPL")
     t.add_argument("--trials", type=_positive_int, default=DEFAULT_TRIALS,
                    help=f"trials to add to each study (default {DEFAULT_TRIALS})")
-    t.add_argument("--model", default="xgb", choices=["xgb"], help="model to tune (default xgb)")
+    t.add_argument("--model", default="xgb", choices=["xgb", "transformer", "all"],
+                   help="model to tune: xgb (default), transformer, or all (both)")
+    t.add_argument("--top-k", type=int, default=3,
+                   help="transformer checkpoints kept in the model registry (default 3)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="transformer device (default auto: cuda when available)")
     t.add_argument("--pruner", default="hyperband", choices=["hyperband", "asha", "median", "none"],
                    help="pruner (default hyperband)")
     t.add_argument("--seed", type=int, default=42, help="base seed for sampler and models (default 42)")
@@ -95,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results-dir", default="results", type=Path)
     s.set_defaults(func=cmd_studies)
 
+    e = sub.add_parser("ensemble", help="score the registered models and their mean on the test segment",
+                       description="Load tickertune-<TICKER>-transformer@rank-1..k (and the best "
+                       "XGBoost), average their probabilities on the test segment tuning never "
+                       "saw, print and log the scores beside the baselines.")
+    e.add_argument("ticker")
+    e.add_argument("--top-k", type=int, default=3, help="transformer ranks to include (default 3)")
+    e.add_argument("--include-xgb", action="store_true", help="add tickertune-<TICKER>-xgb@rank-1")
+    e.add_argument("--register", action="store_true",
+                   help="log the ensemble as the pyfunc model tickertune-<TICKER>-ensemble")
+    e.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///results/tuning.db)")
+    e.add_argument("--results-dir", default="results", type=Path)
+    e.add_argument("--tracking-uri", default=None)
+    e.add_argument("--experiment", default=None)
+    e.set_defaults(func=cmd_ensemble)
+
     b = sub.add_parser("best", help="print a ticker's best-params JSON")
     b.add_argument("ticker")
     b.add_argument("--results-dir", default="results", type=Path)
@@ -111,7 +131,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed, storage=args.storage or None, tracking_uri=args.tracking_uri or None,
         tracking=not args.no_tracking, experiment=args.experiment, data=args.data or "sample",
         start=args.start or None, end=args.end or None, results_dir=args.results_dir,
-        fixed_params=_parse_set(args.set), progress=args.progress,
+        fixed_params=_parse_set(args.set), progress=args.progress, top_k=args.top_k,
+        device=args.device,
     )
     result = tune(config)
     print()
@@ -121,6 +142,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         best = (f"best val_logloss {entry['best_value']:.5f} (trial {entry['best_trial']} of "
                 f"{entry['n_trials']})" if entry else "no complete trial yet")
         print(f"{outcome.study.study_name}: added {added}; {best}")
+    for name, ranked in result.registered.items():
+        for r in ranked:
+            print(f"registered: models:/tickertune-{config.ticker}-{name}@{r.alias} -> version "
+                  f"{r.version} (trial {r.trial_number}, val_logloss {r.value:.5f})")
     if result.best_params_path:
         print(f"best params: {result.best_params_path}")
     if result.parent_run_id:
@@ -159,6 +184,32 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from tickertune.config import TuneConfig
+    from tickertune.ensemble import evaluate_ensemble
+
+    cfg = TuneConfig(ticker=args.ticker, results_dir=args.results_dir, storage=args.storage,
+                     tracking_uri=args.tracking_uri, experiment=args.experiment)
+    if args.top_k < 0:
+        raise TickertuneError(f"--top-k must be 0 or more (got {args.top_k})")
+    report = evaluate_ensemble(cfg.ticker, cfg.storage_url, args.top_k, args.include_xgb,
+                               args.register, cfg.tracking_url, cfg.experiment_name)
+    rows = [[r.model, _fmt(r.logloss), _fmt(r.accuracy), _fmt(r.auc)]
+            for r in report.table.itertuples(index=False)]
+    d = report.split_dates
+    print(f"{cfg.ticker}: test segment {d['test_start']} .. {d['test_end']} ({report.n_test} days, "
+          f"never seen by tuning)")
+    _print_table(["model", "log loss", "accuracy", "AUC"], rows)
+    print(f"\nMLflow run {report.run_id}")
+    if report.registered_version:
+        print(f"registered: models:/tickertune-{cfg.ticker}-ensemble/{report.registered_version}")
+    return 0
+
+
+def _fmt(x: float) -> str:
+    return "-" if x != x else f"{x:.4f}"
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from tickertune.results import best_params_path, read_best_params
 
@@ -185,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return args.func(args)
     except TickertuneError as exc:

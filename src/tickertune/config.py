@@ -44,12 +44,20 @@ class TuneConfig:
     results_dir: Path = field(default_factory=lambda: Path("results"))
     fixed_params: dict[str, Any] = field(default_factory=dict)  # override sampled params
     progress: bool | None = None  # None: a bar when stderr is a terminal
+    top_k: int = 3  # transformer checkpoints kept in the registry (XGBoost: the best one)
+    device: str = "auto"  # transformer: auto | cpu | cuda
 
     def __post_init__(self) -> None:
         self.ticker = self.ticker.strip().upper()
         self.results_dir = Path(self.results_dir)
         if isinstance(self.models, str):
             self.models = (self.models,)
+        if tuple(self.models) == ("all",):
+            self.models = ("xgb", "transformer")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k must be 0 or more (got {self.top_k})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
         if self.trials < 1:
             raise ConfigError(f"--trials must be at least 1 (got {self.trials})")
         if self.pruner not in PRUNERS:

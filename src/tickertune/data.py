@@ -125,6 +125,23 @@ def load_bars(
     return Bars(ticker=ticker, frame=frame, source=source, fingerprint=fingerprint(frame))
 
 
+def bars_from_frame(df: pd.DataFrame, source: str = "input bars") -> pd.DataFrame:
+    """Validate a user's DataFrame of daily bars (a date column or a DatetimeIndex) the same
+    way a CSV file is validated; returns float bars indexed by date."""
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"{source}: expected a pandas DataFrame of daily bars, got {type(df).__name__}")
+    raw = df.copy()
+    if "date" not in [str(c).strip().lower() for c in raw.columns] and isinstance(
+            raw.index, pd.DatetimeIndex):
+        raw = raw.rename_axis("date").reset_index()
+    raw.columns = [_HEADER_ALIASES.get(str(c).strip().lower(), str(c).strip().lower())
+                   for c in raw.columns]
+    raw = raw.reset_index(drop=True)
+    if "date" in raw.columns and pd.api.types.is_datetime64_any_dtype(raw["date"]):
+        raw["date"] = raw["date"].dt.strftime("%Y-%m-%d")
+    return _validate(raw.astype(str).replace({"nan": "", "None": "", "<NA>": ""}), source)
+
+
 def fingerprint(frame: pd.DataFrame) -> str:
     """A short, stable hash of dates and values: equal data, equal fingerprint."""
     h = hashlib.sha256()

@@ -80,16 +80,23 @@ def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     return out.replace([np.inf, -np.inf], np.nan)
 
 
-def build_features(bars: pd.DataFrame) -> FeatureSet:
-    """Features plus target; drops the warm-up rows and the last row (no next close)."""
+def feature_matrix(bars: pd.DataFrame) -> pd.DataFrame:
+    """Features of every row that has a full look-back (what a model sees, train or serve).
+
+    The last row is kept: at serving time it is the one that forecasts tomorrow."""
     X = compute_features(bars)
-    close = bars["close"].to_numpy(dtype=np.float64)
-    y = np.zeros(len(close), dtype=np.int8)
-    y[:-1] = close[1:] > close[:-1]
-    keep = np.ones(len(close), dtype=bool)
-    keep[: LOOKBACK - 1] = False
-    keep[-1] = False
     # A flat volume window can leave a NaN z-score after warm-up; zero is "average volume".
     X = X.fillna({"volume_z_20": 0.0, "rsi_14": 0.5})
+    keep = np.ones(len(X), dtype=bool)
+    keep[: LOOKBACK - 1] = False
     keep &= ~X.isna().any(axis=1).to_numpy()
-    return FeatureSet(X=X[keep], y=y[keep], lookback=LOOKBACK)
+    return X[keep]
+
+
+def build_features(bars: pd.DataFrame) -> FeatureSet:
+    """Features plus target; drops the warm-up rows and the last row (no next close)."""
+    X = feature_matrix(bars)
+    close = bars["close"].to_numpy(dtype=np.float64)
+    up = pd.Series(np.r_[close[1:] > close[:-1], False].astype(np.int8), index=bars.index)
+    X = X[X.index < bars.index[-1]]
+    return FeatureSet(X=X, y=up.loc[X.index].to_numpy(dtype=np.int8), lookback=LOOKBACK)

@@ -48,6 +48,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def quiet_mlflow() -> None:
+    """Import mlflow with its INFO chatter (migrations, validation notes) turned down."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401 - sets its own log levels on import; ours must come after
+
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
     """Fail fast (and before anything is written) when a tracking server does not answer."""
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
@@ -268,12 +278,9 @@ class MlflowTracker:
     enabled = True
 
     def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        quiet_mlflow()
         import mlflow
         from mlflow.tracking import MlflowClient
-
-        for name in ("alembic", "mlflow"):  # after import: mlflow sets its own levels then
-            logging.getLogger(name).setLevel(logging.WARNING)
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)

@@ -187,6 +187,9 @@ class TrialContext:
     tags: dict[str, str]  # constant tags for every trial run (fingerprint, version, device)
     final_metrics: dict[str, float] = field(default_factory=dict)  # e.g. baselines
     fixed_overrides: dict[str, Any] = field(default_factory=dict)
+    # Called with every complete trial's (number, value, FitResult, run id, params):
+    # the registry keeps the best fitted models from it.
+    on_complete: Callable[[int, float, Any, str | None, dict[str, Any]], None] | None = None
 
 
 def make_objective(
@@ -233,6 +236,8 @@ def make_objective(
                 raise ValueError(f"objective value is {result.value}")
             run.log_metrics({**result.metrics, **ctx.final_metrics,
                              "duration_s": time.perf_counter() - t0})
+            if ctx.on_complete is not None:
+                ctx.on_complete(trial.number, result.value, result, run.run_id(), {**fixed, **params})
             state = "COMPLETE"
             return result.value
         except optuna.TrialPruned:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xgboost as xgb
 
 from tickertune.metrics import classification_metrics
@@ -88,7 +90,28 @@ class XGBoostModel:
             "best_iteration": float(best + 1),
             "n_rounds": float(n_rounds),
         }
-        return FitResult(value=m["logloss"], metrics=metrics, steps=n_rounds, model=booster)
+        return FitResult(value=m["logloss"], metrics=metrics, steps=n_rounds, model=booster,
+                         extra={"val_proba": prob.astype(np.float64)})
+
+    def export(self, fit: FitResult, prepared: PreparedXGB, out_dir: Path) -> dict[str, Any]:
+        """Write the booster into `out_dir`; return what `Predictor` needs to use it."""
+        fit.model.save_model(str(out_dir / "model.ubj"))
+        return {"weights": "model.ubj", "best_iteration": int(fit.metrics["best_iteration"])}
+
+
+class Predictor:
+    """A saved booster that scores feature rows (see tickertune.predictor)."""
+
+    def __init__(self, model_dir: Path, pipeline: dict[str, Any]) -> None:
+        self.booster = xgb.Booster()
+        self.booster.load_model(str(Path(model_dir) / pipeline["weights"]))
+        self.features = list(pipeline["features"])
+        self.best_iteration = int(pipeline["best_iteration"])
+
+    def predict_proba(self, X: pd.DataFrame) -> pd.Series:
+        d = xgb.DMatrix(X[self.features].to_numpy(dtype=np.float64), feature_names=self.features)
+        p = self.booster.predict(d, iteration_range=(0, self.best_iteration))
+        return pd.Series(p.astype(np.float64), index=X.index, name="p_up")
 
 
 class _ReportEachRound(xgb.callback.TrainingCallback):

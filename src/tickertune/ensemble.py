@@ -1,0 +1,264 @@
+"""Registered models by alias, alone or averaged, scored on the held-out test segment.
+
+The test segment is rebuilt from what the study recorded (data source, date range,
+split dates), so it is exactly the segment tuning never saw. The score table always
+carries the two honest baselines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tickertune.errors import ConfigError, NotFoundError
+from tickertune.metrics import classification_metrics
+from tickertune.registry import ALIAS, registered_name
+
+log = logging.getLogger("tickertune")
+
+
+class LoadedModel:
+    """A registered model loaded by alias; `predict_proba(bars)` gives P(up) per date."""
+
+    def __init__(self, name: str, alias: str, version: str, tags: dict[str, str], pyfunc: Any,
+                 model_dir: Path) -> None:
+        self.name, self.alias, self.version, self.tags = name, alias, version, tags
+        self.pyfunc = pyfunc
+        self.model_dir = model_dir
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.alias}"
+
+    def predict_proba(self, bars: pd.DataFrame) -> pd.Series:
+        """Up-probability for every bar with enough history, indexed by date."""
+        out = self.pyfunc.predict(_as_input(bars))
+        return pd.Series(out["p_up"].to_numpy(dtype=np.float64),
+                         index=pd.DatetimeIndex(out["date"], name="date"), name=self.label)
+
+
+class Ensemble:
+    """The mean up-probability of its members, on the dates all of them cover."""
+
+    def __init__(self, members: list[LoadedModel]) -> None:
+        if not members:
+            raise NotFoundError("an ensemble needs at least one member")
+        self.members = members
+
+    def predict_proba(self, bars: pd.DataFrame) -> pd.Series:
+        from tickertune.serving import mean_proba
+
+        return mean_proba([m.predict_proba(bars) for m in self.members]).rename("ensemble")
+
+
+def _as_input(bars: pd.DataFrame) -> pd.DataFrame:
+    """The pyfunc's input: a 'date' column and the price columns."""
+    frame = bars.copy()
+    if "date" not in [str(c).lower() for c in frame.columns]:
+        frame = frame.rename_axis("date").reset_index()
+    return frame
+
+
+def _client(tracking_uri: str | None):
+    from tickertune.tracking import quiet_mlflow
+
+    quiet_mlflow()
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient()
+
+
+def load_model(ticker: str, model: str = "transformer", alias: str = "rank-1",
+               tracking_uri: str | None = None) -> LoadedModel:
+    """Load `tickertune-<TICKER>-<model>@<alias>` from the MLflow model registry."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    name = registered_name(ticker, model)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise NotFoundError(f"no registered model {name}@{alias} in {mlflow.get_tracking_uri()}; "
+                            f"run: tickertune tune {ticker.upper()} --model {model}") from None
+    uri = f"models:/{name}/{mv.version}"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tempfile.mkdtemp(prefix="tt-model-")))
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    model_dir = next(local.rglob("pipeline.json")).parent
+    return LoadedModel(name, alias, str(mv.version), dict(mv.tags or {}), pyfunc, model_dir)
+
+
+def load_ensemble(ticker: str, top_k: int = 3, include_xgb: bool = False,
+                  tracking_uri: str | None = None) -> Ensemble:
+    """The registered transformer checkpoints rank-1 ... rank-k (and the best XGBoost)."""
+    members = []
+    for i in range(1, top_k + 1):
+        try:
+            members.append(load_model(ticker, "transformer", ALIAS.format(i), tracking_uri))
+        except NotFoundError:
+            if i == 1 and not include_xgb:
+                raise
+            break
+    if include_xgb:
+        members.append(load_model(ticker, "xgb", "rank-1", tracking_uri))
+    if not members:
+        raise NotFoundError(f"no registered models for {ticker.upper()}")
+    return Ensemble(members)
+
+
+@dataclass
+class HeldOutSegment:
+    """The held-out test rows of a study, rebuilt from what the study recorded."""
+
+    bars: pd.DataFrame
+    dates: pd.DatetimeIndex
+    y: np.ndarray
+    y_train: np.ndarray
+    split_dates: dict[str, str]
+    data_fingerprint: str
+
+
+def held_out_segment(ticker: str, storage_url: str, study_names: list[str]) -> HeldOutSegment:
+    """Rebuild the test segment from the first of `study_names` found in the storage."""
+    import optuna
+
+    from tickertune.data import load_bars
+    from tickertune.features import build_features
+    from tickertune.splits import chronological_split
+    from tickertune.tuning import make_storage
+
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[10:]).is_file():
+        raise NotFoundError(f"no study database at {storage_url[10:]}; run: tickertune tune {ticker}")
+    storage = make_storage(storage_url)
+    attrs = None
+    for name in study_names:
+        try:
+            attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+            break
+        except KeyError:
+            continue
+    if attrs is None:
+        raise NotFoundError(f"none of the studies {', '.join(study_names)} is in {storage_url}")
+    bars = load_bars(ticker, attrs.get("data_spec", "sample"), attrs.get("start") or None,
+                     attrs.get("end") or None)
+    split = chronological_split(build_features(bars.frame), source=bars.source)
+    dates = split.dates()
+    recorded = {k: attrs.get(k) for k in dates}
+    if recorded != dates:
+        raise ConfigError(f"the data no longer gives the study's split ({recorded} recorded, "
+                          f"{dates} now); was the CSV changed?")
+    fs = split.features
+    return HeldOutSegment(bars=bars.frame, dates=fs.dates[split.test.rows], y=split.y(split.test),
+                       y_train=split.y(split.train), split_dates=dates,
+                       data_fingerprint=bars.fingerprint)
+
+
+def score_table(seg: HeldOutSegment, probs: dict[str, pd.Series]) -> pd.DataFrame:
+    """log loss, accuracy and AUC on the test segment per model, plus the two baselines."""
+    rows = []
+    for label, p in probs.items():
+        aligned = p.reindex(seg.dates)
+        if aligned.isna().any():
+            raise ConfigError(f"{label} gives no probability for {int(aligned.isna().sum())} test days")
+        m = classification_metrics(seg.y, aligned.to_numpy())
+        rows.append({"model": label, **m})
+    rate = float(np.mean(seg.y_train))
+    prior = classification_metrics(seg.y, np.full(len(seg.y), rate))
+    rows.append({"model": f"baseline: train up-rate {rate:.3f}", **prior})
+    majority = float(rate >= 0.5)
+    acc = float(np.mean(seg.y == majority))
+    rows.append({"model": f"baseline: always {'up' if majority else 'down'}",
+                 "logloss": float("nan"), "accuracy": acc, "auc": 0.5})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class EnsembleReport:
+    table: pd.DataFrame
+    members: list[LoadedModel]
+    run_id: str | None = None
+    registered_version: str | None = None
+    probs: dict[str, pd.Series] = field(default_factory=dict)
+    n_test: int = 0
+    split_dates: dict[str, str] = field(default_factory=dict)
+
+
+def evaluate_ensemble(ticker: str, storage_url: str, top_k: int = 3, include_xgb: bool = False,
+                      register: bool = False, tracking_uri: str | None = None,
+                      experiment: str = "tickertune") -> EnsembleReport:
+    """Load the members, average them on the test segment, log the table as an MLflow run."""
+    ticker = ticker.upper()
+    ens = load_ensemble(ticker, top_k, include_xgb, tracking_uri)
+    seg = held_out_segment(ticker, storage_url, [f"transformer_tuning_{ticker}", f"xgb_tuning_{ticker}"])
+    probs = {m.label: m.predict_proba(seg.bars) for m in ens.members}
+    probs["ensemble (mean)"] = ens.predict_proba(seg.bars)
+    table = score_table(seg, probs)
+    report = EnsembleReport(table=table, members=ens.members, probs=probs, n_test=len(seg.y),
+                            split_dates=seg.split_dates)
+    report.run_id, report.registered_version = _log_ensemble(ticker, seg, ens, table, register, experiment)
+    return report
+
+
+def _metric_key(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-/" else "_" for c in label).strip("_")
+
+
+def _log_ensemble(ticker: str, seg: HeldOutSegment, ens: Ensemble, table: pd.DataFrame,
+                  register: bool, experiment: str) -> tuple[str, str | None]:
+    import contextlib
+    import io
+
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(exp_id, run_name=f"ensemble-{ticker}-{stamp}",
+                            tags={"kind": "ensemble", "ticker": ticker,
+                                  "data_fingerprint": seg.data_fingerprint})
+    rid = run.info.run_id
+    ts = int(dt.datetime.now().timestamp() * 1000)
+    metrics = []
+    for row in table.itertuples(index=False):
+        key = "ensemble" if row.model == "ensemble (mean)" else (
+            "baseline_prior" if "up-rate" in row.model else
+            "baseline_majority" if row.model.startswith("baseline") else _metric_key(row.model))
+        for name in ("logloss", "accuracy", "auc"):
+            value = getattr(row, name)
+            if np.isfinite(value):
+                metrics.append(Metric(f"test_{name}.{key}", float(value), ts, 0))
+    params = [Param("members", ", ".join(f"{m.label} (v{m.version})" for m in ens.members)),
+              Param("n_test_days", str(len(seg.y)))] + [Param(k, v) for k, v in seg.split_dates.items()]
+    client.log_batch(rid, metrics=metrics, params=params,
+                     tags=[RunTag("members", json.dumps([m.label for m in ens.members]))])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ensemble_test_scores.csv"
+        table.to_csv(path, index=False)
+        client.log_artifact(rid, str(path))
+    version = None
+    if register:
+        from tickertune.serving import EnsembleModel, example_bars, log_bars_model
+
+        artifacts = {f"member_{i}": str(m.model_dir) for i, m in enumerate(ens.members)}
+        kinds = {json.loads((m.model_dir / "pipeline.json").read_text())["kind"] for m in ens.members}
+        info = log_bars_model(rid, artifacts, EnsembleModel, example_bars(seg.bars, 120), kinds)
+        with contextlib.redirect_stderr(io.StringIO()):
+            mv = mlflow.register_model(info.model_uri, registered_name(ticker, "ensemble"),
+                                       tags={"members": json.dumps([m.label for m in ens.members])})
+        version = str(mv.version)
+    client.set_terminated(rid, "FINISHED")
+    return rid, version
