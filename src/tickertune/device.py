@@ -67,3 +67,15 @@ def device_tags(threads: int | None = None) -> dict[str, str]:
         tags["device.gpu_name"] = gpus[0]["name"]
         tags["device.gpu_memory_gb"] = gpus[0]["memory_gb"]
     return tags
+
+
+def gpu_utilization(index: int = 0) -> float | None:
+    """Current utilisation (%) of GPU `index` from nvidia-ml-py, None when unavailable."""
+    if not _nvml_gpus():
+        return None
+    import pynvml
+
+    try:
+        return float(pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(index)).gpu)
+    except Exception:  # noqa: BLE001 - a monitoring read must never fail a trial
+        return None

@@ -235,6 +235,7 @@ def make_objective(
             if not math.isfinite(result.value):
                 raise ValueError(f"objective value is {result.value}")
             run.log_metrics({**result.metrics, **ctx.final_metrics,
+                             **result.extra.get("device_metrics", {}),
                              "duration_s": time.perf_counter() - t0})
             if ctx.on_complete is not None:
                 ctx.on_complete(trial.number, result.value, result, run.run_id(), {**fixed, **params})
