@@ -115,6 +115,8 @@ def log_bars_model(run_id: str, artifacts: dict[str, str], model_class: type,
     output = probe.predict(None, input_example)
     reqs = sorted({r for k in kinds for r in pip_requirements(k)})
     root = _bundle()
+    # MLflow 3.17 puts the LoggedModel in the *active* experiment, not the run's: align them.
+    mlflow.set_experiment(experiment_id=mlflow.tracking.MlflowClient().get_run(run_id).info.experiment_id)
     return Model.log(
         artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
         python_model=str(root / f"{model_class.__name__}.py"), artifacts=artifacts,
