@@ -154,8 +154,15 @@ def test_ensemble_is_the_mean_of_its_members(workdir):
     client = MlflowClient()
     run = client.get_run(report.run_id)
     assert run.data.tags["kind"] == "ensemble" and run.info.status == "FINISHED"
-    assert run.data.metrics["test_logloss.ensemble"] == pytest.approx(table.loc["ensemble (mean)", "logloss"])
-    assert "test_logloss.baseline_prior" in run.data.metrics
+    assert run.data.metrics["test_logloss"] == pytest.approx(table.loc["ensemble (mean)", "logloss"])
+    assert run.data.metrics["test_baseline_prior_logloss"] == pytest.approx(
+        table.loc["baseline: train up-rate 0.541", "logloss"])
+    ev = report.evaluation
+    assert run.data.metrics["test_logloss_gain_low"] == pytest.approx(ev.logloss_gain.low)
+    assert run.data.tags["verdict"] == ev.verdict
+    assert run.data.params["test_start"] == report.split_dates["test_start"]
+    arts = {a.path for a in client.list_artifacts(report.run_id, "calibration")}
+    assert arts == {"calibration/ensemble_mean_reliability.png", "calibration/ensemble_mean_prediction_hist.png"}
     # The registered ensemble predicts the same mean from raw bars.
     import mlflow
 

@@ -38,6 +38,7 @@ class TuneResult:
     tracking_uri: str | None = None
     tracking_errors: list[str] = field(default_factory=list)
     registered: dict[str, list[Any]] = field(default_factory=dict)  # model -> [registry.Ranked]
+    evaluations: dict[str, Any] = field(default_factory=dict)  # model -> evaluation.Evaluation of rank-1
 
 
 def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
@@ -118,6 +119,8 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
                     tracker.writer.flush()  # the trial runs exist before models are logged to them
                     result.registered[model.name] = _register(
                         model, prepared, keep, opened[model.name].study, bars, split, result)
+                    if result.registered[model.name]:
+                        _evaluate_rank_1(model.name, bars, split, tracker, result)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -154,6 +157,26 @@ def _register(model: Any, prepared: Any, keep: Any, study: Any, bars: Any, split
         log.error("%s", msg)
         result.tracking_errors.append(msg)
         return []
+
+
+def _evaluate_rank_1(model: str, bars: Any, split: Any, tracker: Any, result: TuneResult) -> None:
+    """Score the registry's rank-1 on the test segment for the parent run's summary.
+
+    Reporting only: nothing is selected on the test segment."""
+    from tickertune.ensemble import load_model
+    from tickertune.evaluation import evaluate
+
+    try:
+        loaded = load_model(bars.ticker, model, "rank-1")
+        dates = split.features.dates[split.test.rows]
+        p = loaded.predict_proba(bars.frame).reindex(dates).to_numpy()
+        ev = evaluate(split.y(split.test), p, split.y(split.train), loaded.label)
+    except Exception as exc:  # noqa: BLE001 - a summary must not fail the tuning
+        log.warning("could not evaluate %s rank-1 on the test segment: %s", model, exc)
+        return
+    result.evaluations[model] = ev
+    tracker.log_parent(metrics={f"{model}.{k}": v for k, v in ev.metrics("test_").items()},
+                       tags={f"{model}.verdict": ev.verdict})
 
 
 def _summarise_parent(tracker: Any, studies: list[Any], result: TuneResult, base: Any) -> None:

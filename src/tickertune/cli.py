@@ -113,7 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--results-dir", default="results", type=Path)
     e.add_argument("--tracking-uri", default=None)
     e.add_argument("--experiment", default=None)
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     e.set_defaults(func=cmd_ensemble)
+
+    v = sub.add_parser("evaluate", help="score a registered model on the test segment, with intervals",
+                       description="Log loss, accuracy, AUC and Brier score on the held-out test "
+                       "segment beside the two baselines, a paired block-bootstrap 95%% interval of "
+                       "the gains, a verdict, and calibration plots; logged as an MLflow run.")
+    v.add_argument("ticker")
+    v.add_argument("--model", default="transformer", choices=["transformer", "xgb", "ensemble"])
+    v.add_argument("--alias", default="rank-1", help="registry alias (default rank-1)")
+    v.add_argument("--top-k", type=int, default=3, help="ensemble: transformer ranks (default 3)")
+    v.add_argument("--include-xgb", action="store_true", help="ensemble: add the best XGBoost")
+    v.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    v.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    v.add_argument("--storage", default=None)
+    v.add_argument("--results-dir", default="results", type=Path)
+    v.add_argument("--tracking-uri", default=None)
+    v.add_argument("--experiment", default=None)
+    v.set_defaults(func=cmd_evaluate)
+
+    a = sub.add_parser("audit", help="leakage audit of a ticker's studies and registered models",
+                       description="Past-only features, disjoint segments with gaps, scaler fitted on "
+                       "train only, test segment untouched by tuning. Exit 1 when a check fails.")
+    a.add_argument("ticker")
+    a.add_argument("--storage", default=None)
+    a.add_argument("--results-dir", default="results", type=Path)
+    a.add_argument("--tracking-uri", default=None)
+    a.add_argument("--no-tracking", action="store_true", help="skip the registered-model checks")
+    a.set_defaults(func=cmd_audit)
 
     b = sub.add_parser("best", help="print a ticker's best-params JSON")
     b.add_argument("ticker")
@@ -146,8 +175,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for r in ranked:
             print(f"registered: models:/tickertune-{config.ticker}-{name}@{r.alias} -> version "
                   f"{r.version} (trial {r.trial_number}, val_logloss {r.value:.5f})")
+    for name, ev in result.evaluations.items():
+        print(f"test segment ({ev.n} days, never used for tuning), {ev.verdict}")
     if result.best_params_path:
         print(f"best params: {result.best_params_path}")
+    if result.registered.get("transformer") or result.registered.get("xgb"):
+        print(f"score them on the held-out test segment: tickertune ensemble {config.ticker}"
+              f"{' --include-xgb' if result.registered.get('xgb') else ''}")
     if result.parent_run_id:
         uri = mask_secrets(str(result.tracking_uri))
         print(f"MLflow parent run {result.parent_run_id} at {uri}")
@@ -185,29 +219,56 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    return _evaluate(args, "ensemble")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    return _evaluate(args, args.model)
+
+
+def _evaluate(args: argparse.Namespace, model: str) -> int:
     from tickertune.config import TuneConfig
-    from tickertune.ensemble import evaluate_ensemble
+    from tickertune.ensemble import evaluate_registered
 
     cfg = TuneConfig(ticker=args.ticker, results_dir=args.results_dir, storage=args.storage,
                      tracking_uri=args.tracking_uri, experiment=args.experiment)
-    if args.top_k < 0:
-        raise TickertuneError(f"--top-k must be 0 or more (got {args.top_k})")
-    report = evaluate_ensemble(cfg.ticker, cfg.storage_url, args.top_k, args.include_xgb,
-                               args.register, cfg.tracking_url, cfg.experiment_name)
-    rows = [[r.model, _fmt(r.logloss), _fmt(r.accuracy), _fmt(r.auc)]
-            for r in report.table.itertuples(index=False)]
-    d = report.split_dates
+    if args.top_k < 1 and model == "ensemble" and not args.include_xgb:
+        raise TickertuneError(f"--top-k must be at least 1 (got {args.top_k})")
+    if args.n_boot < 100:
+        raise TickertuneError(f"--n-boot must be at least 100 (got {args.n_boot})")
+    report = evaluate_registered(
+        cfg.ticker, cfg.storage_url, model, alias=getattr(args, "alias", "rank-1"),
+        top_k=args.top_k, include_xgb=args.include_xgb, register=getattr(args, "register", False),
+        n_boot=args.n_boot, seed=args.seed, tracking_uri=cfg.tracking_url,
+        experiment=cfg.experiment_name)
+    d, ev = report.split_dates, report.evaluation
     print(f"{cfg.ticker}: test segment {d['test_start']} .. {d['test_end']} ({report.n_test} days, "
-          f"never seen by tuning)")
-    _print_table(["model", "log loss", "accuracy", "AUC"], rows)
-    print(f"\nMLflow run {report.run_id}")
+          f"never seen by tuning); intervals: paired block bootstrap, {ev.n_boot} resamples of "
+          f"{ev.block}-day blocks, seed {ev.seed}")
+    print(report.text())
+    print(f"\nMLflow run {report.run_id} (calibration plots in its artifacts)")
     if report.registered_version:
         print(f"registered: models:/tickertune-{cfg.ticker}-ensemble/{report.registered_version}")
     return 0
 
 
-def _fmt(x: float) -> str:
-    return "-" if x != x else f"{x:.4f}"
+def cmd_audit(args: argparse.Namespace) -> int:
+    from tickertune.audit import run_audit
+    from tickertune.config import TuneConfig
+
+    cfg = TuneConfig(ticker=args.ticker, results_dir=args.results_dir, storage=args.storage,
+                     tracking_uri=args.tracking_uri)
+    if cfg.tracking_url and not args.no_tracking:
+        import mlflow
+
+        mlflow.set_tracking_uri(cfg.tracking_url)
+    checks = run_audit(cfg.ticker, cfg.storage_url, tracking=not args.no_tracking)
+    for c in checks:
+        print(c.line())
+    failed = [c for c in checks if c.passed is False]
+    print(f"\n{cfg.ticker}: {len(checks) - len(failed)} of {len(checks)} checks passed or skipped, "
+          f"{len(failed)} failed")
+    return 1 if failed else 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:

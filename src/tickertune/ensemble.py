@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tickertune.errors import ConfigError, NotFoundError
-from tickertune.metrics import classification_metrics
+from tickertune.evaluation import N_BOOT, Evaluation, evaluate, format_table, save_calibration_plots
 from tickertune.registry import ALIAS, registered_name
 
 log = logging.getLogger("tickertune")
@@ -164,58 +164,88 @@ def held_out_segment(ticker: str, storage_url: str, study_names: list[str]) -> H
                        data_fingerprint=bars.fingerprint)
 
 
-def score_table(seg: HeldOutSegment, probs: dict[str, pd.Series]) -> pd.DataFrame:
-    """log loss, accuracy and AUC on the test segment per model, plus the two baselines."""
-    rows = []
-    for label, p in probs.items():
-        aligned = p.reindex(seg.dates)
-        if aligned.isna().any():
-            raise ConfigError(f"{label} gives no probability for {int(aligned.isna().sum())} test days")
-        m = classification_metrics(seg.y, aligned.to_numpy())
-        rows.append({"model": label, **m})
-    rate = float(np.mean(seg.y_train))
-    prior = classification_metrics(seg.y, np.full(len(seg.y), rate))
-    rows.append({"model": f"baseline: train up-rate {rate:.3f}", **prior})
-    majority = float(rate >= 0.5)
-    acc = float(np.mean(seg.y == majority))
-    rows.append({"model": f"baseline: always {'up' if majority else 'down'}",
-                 "logloss": float("nan"), "accuracy": acc, "auc": 0.5})
-    return pd.DataFrame(rows)
+def _aligned(seg: HeldOutSegment, label: str, p: pd.Series) -> np.ndarray:
+    aligned = p.reindex(seg.dates)
+    if aligned.isna().any():
+        raise ConfigError(f"{label} gives no probability for {int(aligned.isna().sum())} test days")
+    return aligned.to_numpy(dtype=np.float64)
 
 
 @dataclass
-class EnsembleReport:
-    table: pd.DataFrame
+class EvaluationReport:
+    """The evaluated model (or ensemble) on the test segment, its members, and the run."""
+
+    evaluation: Evaluation
+    table: pd.DataFrame  # members (if any), the evaluated model, then the two baselines
     members: list[LoadedModel]
+    probs: dict[str, pd.Series]
+    n_test: int
+    split_dates: dict[str, str]
     run_id: str | None = None
     registered_version: str | None = None
-    probs: dict[str, pd.Series] = field(default_factory=dict)
-    n_test: int = 0
-    split_dates: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        sp = self.evaluation.spread
+        return (format_table(self.evaluation, self.table.to_dict("records")) +
+                f"\npredicted P(up) spread: min {sp['min']:.4f}, 5% {sp['p05']:.4f}, median "
+                f"{sp['median']:.4f}, 95% {sp['p95']:.4f}, max {sp['max']:.4f} (std {sp['std']:.4f})")
+
+
+def evaluate_registered(
+    ticker: str,
+    storage_url: str,
+    model: str = "ensemble",
+    alias: str = "rank-1",
+    top_k: int = 3,
+    include_xgb: bool = False,
+    register: bool = False,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    tracking_uri: str | None = None,
+    experiment: str = "tickertune",
+) -> EvaluationReport:
+    """Score a registered model (or the ensemble of the top-k) on the held-out test segment,
+    with baselines, bootstrap intervals and a verdict, logged as an MLflow run."""
+    ticker = ticker.upper()
+    if model == "ensemble":
+        members = load_ensemble(ticker, top_k, include_xgb, tracking_uri).members
+        label = "ensemble (mean)"
+    elif model in ("transformer", "xgb"):
+        members = [load_model(ticker, model, alias, tracking_uri)]
+        label = members[0].label
+    else:
+        raise ConfigError(f"unknown model {model!r}; choose from transformer, xgb, ensemble")
+    seg = held_out_segment(ticker, storage_url, [f"transformer_tuning_{ticker}", f"xgb_tuning_{ticker}"])
+    probs = {m.label: m.predict_proba(seg.bars) for m in members}
+    rows = []
+    if model == "ensemble":
+        probs[label] = Ensemble(members).predict_proba(seg.bars)
+        rows = [evaluate(seg.y, _aligned(seg, m.label, probs[m.label]), seg.y_train, m.label,
+                         n_boot=n_boot, seed=seed).table.iloc[0].to_dict() for m in members]
+    ev = evaluate(seg.y, _aligned(seg, label, probs[label]), seg.y_train, label, n_boot=n_boot, seed=seed)
+    table = pd.DataFrame(rows + ev.table.to_dict("records"))
+    report = EvaluationReport(evaluation=ev, table=table, members=members, probs=probs,
+                              n_test=len(seg.y), split_dates=seg.split_dates)
+    report.run_id, report.registered_version = _log_evaluation(ticker, model, seg, report, register,
+                                                               experiment)
+    return report
 
 
 def evaluate_ensemble(ticker: str, storage_url: str, top_k: int = 3, include_xgb: bool = False,
                       register: bool = False, tracking_uri: str | None = None,
-                      experiment: str = "tickertune") -> EnsembleReport:
-    """Load the members, average them on the test segment, log the table as an MLflow run."""
-    ticker = ticker.upper()
-    ens = load_ensemble(ticker, top_k, include_xgb, tracking_uri)
-    seg = held_out_segment(ticker, storage_url, [f"transformer_tuning_{ticker}", f"xgb_tuning_{ticker}"])
-    probs = {m.label: m.predict_proba(seg.bars) for m in ens.members}
-    probs["ensemble (mean)"] = ens.predict_proba(seg.bars)
-    table = score_table(seg, probs)
-    report = EnsembleReport(table=table, members=ens.members, probs=probs, n_test=len(seg.y),
-                            split_dates=seg.split_dates)
-    report.run_id, report.registered_version = _log_ensemble(ticker, seg, ens, table, register, experiment)
-    return report
+                      experiment: str = "tickertune", n_boot: int = N_BOOT, seed: int = 0) -> EvaluationReport:
+    """The ensemble of the registered top-k (and the best XGBoost) on the test segment."""
+    return evaluate_registered(ticker, storage_url, "ensemble", top_k=top_k, include_xgb=include_xgb,
+                               register=register, n_boot=n_boot, seed=seed,
+                               tracking_uri=tracking_uri, experiment=experiment)
 
 
 def _metric_key(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-/" else "_" for c in label).strip("_")
 
 
-def _log_ensemble(ticker: str, seg: HeldOutSegment, ens: Ensemble, table: pd.DataFrame,
-                  register: bool, experiment: str) -> tuple[str, str | None]:
+def _log_evaluation(ticker: str, model: str, seg: HeldOutSegment, report: EvaluationReport,
+                    register: bool, experiment: str) -> tuple[str, str | None]:
     import contextlib
     import io
 
@@ -223,42 +253,50 @@ def _log_ensemble(ticker: str, seg: HeldOutSegment, ens: Ensemble, table: pd.Dat
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
+    ev = report.evaluation
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run = client.create_run(exp_id, run_name=f"ensemble-{ticker}-{stamp}",
-                            tags={"kind": "ensemble", "ticker": ticker,
+    kind = "ensemble" if model == "ensemble" else "evaluation"
+    run = client.create_run(exp_id, run_name=f"{kind}-{ticker}-{model}-{stamp}",
+                            tags={"kind": kind, "ticker": ticker, "model": model,
                                   "data_fingerprint": seg.data_fingerprint})
     rid = run.info.run_id
     ts = int(dt.datetime.now().timestamp() * 1000)
-    metrics = []
-    for row in table.itertuples(index=False):
-        key = "ensemble" if row.model == "ensemble (mean)" else (
-            "baseline_prior" if "up-rate" in row.model else
-            "baseline_majority" if row.model.startswith("baseline") else _metric_key(row.model))
-        for name in ("logloss", "accuracy", "auc"):
-            value = getattr(row, name)
-            if np.isfinite(value):
-                metrics.append(Metric(f"test_{name}.{key}", float(value), ts, 0))
-    params = [Param("members", ", ".join(f"{m.label} (v{m.version})" for m in ens.members)),
-              Param("n_test_days", str(len(seg.y)))] + [Param(k, v) for k, v in seg.split_dates.items()]
-    client.log_batch(rid, metrics=metrics, params=params,
-                     tags=[RunTag("members", json.dumps([m.label for m in ens.members]))])
+    metrics = [Metric(k, v, ts, 0) for k, v in ev.metrics("test_").items()]
+    for row in report.table.to_dict("records"):
+        if row["model"] == ev.label or str(row["model"]).startswith("baseline"):
+            continue
+        for name in ("logloss", "accuracy", "auc", "brier"):
+            if np.isfinite(row[name]):
+                metrics.append(Metric(f"member.{_metric_key(row['model'])}.test_{name}", float(row[name]), ts, 0))
+    params = [Param("model", model),
+              Param("members", ", ".join(f"{m.label} (v{m.version})" for m in report.members)[:6000]),
+              Param("n_test_days", str(ev.n)), Param("bootstrap_block_days", str(ev.block)),
+              Param("bootstrap_resamples", str(ev.n_boot)), Param("bootstrap_seed", str(ev.seed))]
+    params += [Param(k, v) for k, v in seg.split_dates.items()]
+    tags = [RunTag("verdict", ev.verdict), RunTag("members", json.dumps([m.label for m in report.members]))]
+    client.log_batch(rid, metrics=metrics, params=params, tags=tags)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ensemble_test_scores.csv"
-        table.to_csv(path, index=False)
-        client.log_artifact(rid, str(path))
+        out = Path(tmp)
+        report.table.to_csv(out / "test_scores.csv", index=False)
+        (out / "verdict.txt").write_text(report.text() + "\n")
+        y, p = seg.y, _aligned(seg, ev.label, report.probs[ev.label])
+        files = [out / "test_scores.csv", out / "verdict.txt"]
+        files += save_calibration_plots(y, p, out / "calibration", _metric_key(ev.label))
+        for f in files:
+            client.log_artifact(rid, str(f), "calibration" if f.suffix == ".png" else None)
     version = None
-    if register:
+    if register and model == "ensemble":
         from tickertune.serving import EnsembleModel, example_bars, log_bars_model
 
-        artifacts = {f"member_{i}": str(m.model_dir) for i, m in enumerate(ens.members)}
-        kinds = {json.loads((m.model_dir / "pipeline.json").read_text())["kind"] for m in ens.members}
+        artifacts = {f"member_{i}": str(m.model_dir) for i, m in enumerate(report.members)}
+        kinds = {json.loads((m.model_dir / "pipeline.json").read_text())["kind"] for m in report.members}
         info = log_bars_model(rid, artifacts, EnsembleModel, example_bars(seg.bars, 120), kinds)
         with contextlib.redirect_stderr(io.StringIO()):
             mv = mlflow.register_model(info.model_uri, registered_name(ticker, "ensemble"),
-                                       tags={"members": json.dumps([m.label for m in ens.members])})
+                                       tags={"members": json.dumps([m.label for m in report.members])})
         version = str(mv.version)
     client.set_terminated(rid, "FINISHED")
     return rid, version

@@ -151,10 +151,20 @@ def open_study(
             study.set_user_attr(k, v)
         log.info("created new study %s", name)
     else:
+        split_keys = [k for k in attrs if k.endswith(("_start", "_end")) and k.split("_")[0] in
+                      ("train", "val", "test")]
+        recorded = {k: study.user_attrs.get(k) for k in split_keys}
+        now = {k: attrs[k] for k in split_keys}
+        if any(v is not None for v in recorded.values()) and recorded != now:
+            raise ConfigError(
+                f"study {name!r} was tuned on another split (validation {recorded.get('val_start')}.."
+                f"{recorded.get('val_end')}, test from {recorded.get('test_start')}); this data gives "
+                f"validation {now.get('val_start')}..{now.get('val_end')}: use the same --data/--start/"
+                f"--end, or another --storage")
         old = study.user_attrs.get("data_fingerprint")
         if old and old != attrs.get("data_fingerprint"):
-            log.warning("study %s was started on other data (fingerprint %s, now %s): "
-                        "its trials are not comparable", name, old, attrs.get("data_fingerprint"))
+            log.warning("study %s was started on data with fingerprint %s, now %s (same split dates)",
+                        name, old, attrs.get("data_fingerprint"))
         log.info("loaded study %s with %d existing trials", name, n_existing)
     study.set_user_attr("pruner", pruner.name)
     return OpenedStudy(study=study, created=created, n_existing=n_existing, pruner=pruner)
