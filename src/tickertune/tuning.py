@@ -64,8 +64,9 @@ def make_pruner(name: str, model: Model) -> PrunerSpec:
     """hyperband (default) | asha | median | none, sized by the model's step budget."""
     lo = model.min_resource
     if name == "hyperband":
+        rf = getattr(model, "reduction_factor", 3)
         return PrunerSpec(name, optuna.pruners.HyperbandPruner(
-            min_resource=lo, max_resource=model.max_resource, reduction_factor=3), lo, base=3)
+            min_resource=lo, max_resource=model.max_resource, reduction_factor=rf), lo, base=rf)
     if name == "asha":
         return PrunerSpec(name, optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=2), 1, base=2)
