@@ -25,7 +25,7 @@ def study_db(tmp_path_factory):
         mp.delenv(var, raising=False)
     try:
         tune(TuneConfig(ticker="AAPL", trials=6, seed=3, progress=False, **SHORT))
-        tune(TuneConfig(ticker="AAPL", trials=1, seed=3, progress=False, fixed_params={"max_depth": -1},
+        tune(TuneConfig(ticker="AAPL", trials=1, seed=3, progress=False, fixed_params={"eval_metric": "nonsense"},
                         **SHORT))  # one FAIL trial
         tune(TuneConfig(ticker="NVDA", trials=2, seed=3, progress=False, pruner="none", **SHORT))
     finally:

@@ -123,17 +123,18 @@ def test_forced_prune_is_killed_with_its_steps(workdir):
 
 
 def test_failing_trial_is_failed_with_error_tag(workdir):
-    result = tune(_config(trials=2, fixed_params={"max_depth": -1}))
+    result = tune(_config(trials=2, fixed_params={"eval_metric": "nonsense"}))
     study = result.outcomes["xgb"].study
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
-    assert "max_depth" not in study.trials[0].params  # fixed, not sampled
+    assert "eval_metric" not in study.trials[0].params  # fixed, not sampled
     _, trials = _runs(MlflowClient())
     assert len(trials) == 2
     for run in trials:
         assert run.info.status == "FAILED"
         assert run.data.tags["trial_state"] == "FAIL"
-        assert "max_depth" in run.data.tags["error"]
-        assert run.data.params["max_depth"] == "-1"
+        assert run.data.tags["error"].startswith("XGBoostError: ")
+        assert "nonsense" in run.data.tags["error"]
+        assert run.data.params["eval_metric"] == "nonsense"
 
 
 def test_no_tracking_writes_no_mlflow_store(workdir):
@@ -181,3 +182,32 @@ def test_help_imports_no_heavy_library():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"max_depth": "abc"}, "--set xgb.max_depth=abc: expected a number in [2, 8]"),
+    ({"learning_rate": -1}, "--set xgb.learning_rate=-1: outside the search range [0.005, 0.3]"),
+    ({"colour": "blue"}, "--set colour: unknown parameter; known: "),
+    ({"transformer.lr": 0.001}, "--set transformer.lr: 'transformer' is not a model of this run (xgb)"),
+])
+def test_bad_set_is_refused_before_any_write(workdir, sets, message):
+    from tickertune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        tune(_config(trials=1, fixed_params=sets))
+    assert str(err.value).startswith(message)
+    assert not (workdir / "results").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_set_routes_to_its_model():
+    from tickertune.models import get_model
+    from tickertune.errors import ConfigError
+    from tickertune.tuning import fixed_by_model
+
+    models = [get_model("xgb"), get_model("transformer", device="cpu")]
+    out = fixed_by_model(models, {"max_epochs": 2, "xgb.gamma": 0.5, "window": "20", "amp": "false"})
+    assert out == {"xgb": {"gamma": 0.5}, "transformer": {"max_epochs": 2, "window": 20, "amp": False}}
+    with pytest.raises(ConfigError, match="both models have 'gamma'; write xgb.gamma or transformer.gamma"):
+        fixed_by_model(models, {"gamma": 0.5})
+    with pytest.raises(ConfigError, match="window=15: choose from 10, 20, 30"):
+        fixed_by_model(models, {"window": 15})

@@ -58,7 +58,7 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
     if config.tracking:
         check_reachable(config.tracking_url)
 
-    storage = tuning.make_storage(config.storage_url)
+    fixed = tuning.fixed_by_model(models, config.fixed_params)
     study_attrs = {
         "ticker": bars.ticker,
         "objective": "val_logloss",
@@ -72,42 +72,45 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         **split.dates(),
         "created_by": code_version(),
     }
-    opened = {
-        m.name: tuning.open_study(
-            tuning.study_name(m.name, bars.ticker), storage,
-            tuning.PrunerSpec(type(pruner).__name__, pruner) if pruner is not None
-            else tuning.make_pruner(config.pruner, m),
-            config.seed, {**study_attrs, "model": m.name},
-        )
-        for m in models
-    }
-
+    # Every check before any write: storage and studies (read-only), then tracking.
+    storage = tuning.make_storage(config.storage_url)
+    for m in models:
+        tuning.check_study(tuning.study_name(m.name, bars.ticker), storage, study_attrs)
     tracker = MlflowTracker(config.tracking_url, config.experiment_name) if config.tracking else NullTracker()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    parent_tags = {"ticker": bars.ticker, "models": ",".join(config.models),
-                   "data_fingerprint": bars.fingerprint, "code_version": code_version(),
-                   "kind": "tuning"}
-    parent_params = {**config.masked(), "data_rows": str(len(bars)), **split.dates()}
-    result = TuneResult(config=config, tracking_uri=getattr(tracker, "tracking_uri", None))
-    result.parent_run_id = tracker.start_parent(
-        f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}", parent_params, parent_tags)
-    if tracker.enabled:
-        log.info("tracking to %s (experiment id %s, parent run %s)",
-                 mask_secrets(str(tracker.tracking_uri)), tracker.experiment_id, result.parent_run_id)
+    tracker.prepare()
 
-    trial_tags = {"data_fingerprint": bars.fingerprint, "code_version": code_version(),
-                  **device_tags()}
+    result = TuneResult(config=config, tracking_uri=getattr(tracker, "tracking_uri", None))
+    opened: dict[str, Any] = {}
     base = split.baselines(split.val)
-    progress = sys.stderr.isatty() if config.progress is None else config.progress
     status = "FAILED"
     try:
+        for m in models:
+            opened[m.name] = tuning.open_study(
+                tuning.study_name(m.name, bars.ticker), storage,
+                tuning.PrunerSpec(type(pruner).__name__, pruner) if pruner is not None
+                else tuning.make_pruner(config.pruner, m),
+                config.seed, {**study_attrs, "model": m.name},
+            )
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        parent_tags = {"ticker": bars.ticker, "models": ",".join(config.models),
+                       "data_fingerprint": bars.fingerprint, "code_version": code_version(),
+                       "kind": "tuning"}
+        parent_params = {**config.masked(), "data_rows": str(len(bars)), **split.dates()}
+        result.parent_run_id = tracker.start_parent(
+            f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}", parent_params, parent_tags)
+        if tracker.enabled:
+            log.info("tracking to %s (experiment id %s, parent run %s)",
+                     mask_secrets(str(tracker.tracking_uri)), tracker.experiment_id, result.parent_run_id)
+        trial_tags = {"data_fingerprint": bars.fingerprint, "code_version": code_version(),
+                      **device_tags()}
+        progress = sys.stderr.isatty() if config.progress is None else config.progress
         for model in models:
             prepared = model.prepare(split)
             keep = TopK(config.top_k if model.name == "transformer" else 1)
             ctx = tuning.TrialContext(
                 model=model, prepared=prepared, ticker=bars.ticker, seed=config.seed,
                 tags=trial_tags, final_metrics=base.as_dict("baseline_val_"),
-                fixed_overrides=config.fixed_params,
+                fixed_overrides=fixed[model.name],
                 on_complete=(lambda n, v, fit, rid, params, keep=keep: keep.offer(
                     Candidate(v, n, rid, fit, params))) if tracker.enabled else None,
             )
@@ -115,7 +118,7 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
                 result.outcomes[model.name] = tuning.run_study(
                     opened[model.name], ctx, tracker, config.trials, progress)
             finally:
-                if tracker.enabled and keep.k:
+                if tracker.enabled and keep.k and tracker.writer is not None:
                     tracker.writer.flush()  # the trial runs exist before models are logged to them
                     result.registered[model.name] = _register(
                         model, prepared, keep, opened[model.name].study, bars, split, result)
@@ -127,15 +130,17 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         raise
     finally:
         # Whatever happened, the JSON and the parent reflect every trial that finished.
-        for model in models:
-            entry = best_entry(opened[model.name].study)
-            if entry is not None:
-                result.best[model.name] = entry
-        if result.best:
-            result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
-        if tracker.enabled:
-            _summarise_parent(tracker, [opened[m.name].study for m in models], result, base)
-        result.tracking_errors = tracker.finish(status) + result.tracking_errors
+        try:
+            for name, op in opened.items():
+                entry = best_entry(op.study)
+                if entry is not None:
+                    result.best[name] = entry
+            if result.best:
+                result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
+            if tracker.enabled and result.parent_run_id:
+                _summarise_parent(tracker, [op.study for op in opened.values()], result, base)
+        finally:
+            result.tracking_errors = tracker.finish(status) + result.tracking_errors
     return result
 
 
@@ -184,7 +189,8 @@ def _summarise_parent(tracker: Any, studies: list[Any], result: TuneResult, base
     from tickertune import tuning
     from tickertune.plots import save_study_plots
 
-    tracker.writer.flush()  # trial runs first, so the parent's summary is the last word
+    if tracker.writer is not None:
+        tracker.writer.flush()  # trial runs first, so the parent's summary is the last word
     metrics: dict[str, float] = {"baseline_val_logloss": base.logloss,
                                  "baseline_val_accuracy": base.accuracy}
     params: dict[str, str] = {}

@@ -17,12 +17,15 @@ from tickertune.errors import ConfigError
 PRUNERS = ("hyperband", "asha", "median", "none")
 DEFAULT_EXPERIMENT = "tickertune"
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+# user:password@host, where the password may itself hold '@' (up to the last '@' of the URL)
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/]*)@(?=[^@\s]*$|[^@\s]*\s)")
+_PASSWORD_PARAM = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd)=)(?P<pw>[^&\s]+)", re.I)
 
 
 def mask_secrets(text: str) -> str:
-    """Replace the password of every `scheme://user:password@host` in `text` with ***."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***", text)
+    """Replace passwords in URLs (`scheme://user:pw@host`, `?password=pw`) with ***."""
+    text = _PASSWORD_IN_URL.sub(r"\g<head>***@", text)
+    return _PASSWORD_PARAM.sub(r"\g<head>***", text)
 
 
 @dataclass

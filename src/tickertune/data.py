@@ -137,9 +137,12 @@ def bars_from_frame(df: pd.DataFrame, source: str = "input bars") -> pd.DataFram
     raw.columns = [_HEADER_ALIASES.get(str(c).strip().lower(), str(c).strip().lower())
                    for c in raw.columns]
     raw = raw.reset_index(drop=True)
+    if "date" in raw.columns and isinstance(raw["date"].dtype, pd.DatetimeTZDtype):
+        raw["date"] = raw["date"].dt.tz_localize(None)
     if "date" in raw.columns and pd.api.types.is_datetime64_any_dtype(raw["date"]):
         raw["date"] = raw["date"].dt.strftime("%Y-%m-%d")
-    return _validate(raw.astype(str).replace({"nan": "", "None": "", "<NA>": ""}), source)
+    return _validate(raw.astype(str).replace({"nan": "", "None": "", "<NA>": ""}), source,
+                     first_line=0, unit="row")
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -163,8 +166,9 @@ def _read_csv(path: Path, compression: str, label: str) -> pd.DataFrame:
     return raw
 
 
-def _validate(raw: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Check every row; return float bars indexed by date. Line numbers count the header."""
+def _validate(raw: pd.DataFrame, source: str, first_line: int = 2, unit: str = "line") -> pd.DataFrame:
+    """Check every row; return float bars indexed by date. File line numbers count the header
+    (first_line=2); a DataFrame's rows are numbered from 0 (first_line=0, unit='row')."""
     missing = [c for c in ("date", *COLUMNS) if c not in raw.columns]
     if missing:
         raise DataError(
@@ -173,7 +177,7 @@ def _validate(raw: pd.DataFrame, source: str) -> pd.DataFrame:
         )
     if raw.empty:
         raise DataError(f"{source}: no data rows")
-    line = np.arange(len(raw)) + 2  # 1-based, after the header
+    line = np.arange(len(raw)) + first_line
 
     out = pd.DataFrame(index=raw.index)
     for col in ("date", *COLUMNS):
@@ -184,15 +188,18 @@ def _validate(raw: pd.DataFrame, source: str) -> pd.DataFrame:
             run_end = first
             while run_end + 1 < len(blank) and blank.iloc[run_end + 1]:
                 run_end += 1
-            where = (f"line {line[first]}" if run_end == first
-                     else f"lines {line[first]}-{line[run_end]} ({run_end - first + 1} rows)")
+            where = (f"{unit} {line[first]}" if run_end == first
+                     else f"{unit}s {line[first]}-{line[run_end]} ({run_end - first + 1} rows)")
             raise DataError(f"{source}: missing value in column {col!r} at {where}")
         if col == "date":
+            # Daily bars: the exchange-local calendar date is what counts. Drop a time of
+            # day's UTC offset (yfinance writes -05:00 / -04:00 across DST) before parsing.
+            text = text.str.replace(r"(?<=\d)(?:Z|[+-]\d{2}:?\d{2})$", "", regex=True)
             parsed = pd.to_datetime(text, errors="coerce", format="mixed")
             bad = parsed.isna().to_numpy()
             if bad.any():
                 i = int(np.argmax(bad))
-                raise DataError(f"{source}: unreadable date {text.iloc[i]!r} at line {line[i]}")
+                raise DataError(f"{source}: unreadable date {text.iloc[i]!r} at {unit} {line[i]}")
             if getattr(parsed.dt, "tz", None) is not None:
                 parsed = parsed.dt.tz_localize(None)
             out["date"] = parsed.dt.normalize()
@@ -203,7 +210,7 @@ def _validate(raw: pd.DataFrame, source: str) -> pd.DataFrame:
                 i = int(np.argmax(bad))
                 raise DataError(
                     f"{source}: non-numeric value {text.iloc[i]!r} in column {col!r} "
-                    f"at line {line[i]}"
+                    f"at {unit} {line[i]}"
                 )
             out[col] = values.astype(np.float64)
 
@@ -212,36 +219,36 @@ def _validate(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     if dup.size:
         i = int(dup[0]) + 1
         raise DataError(
-            f"{source}: duplicate date {pd.Timestamp(dates[i]).date()} at lines "
+            f"{source}: duplicate date {pd.Timestamp(dates[i]).date()} at {unit}s "
             f"{line[i - 1]} and {line[i]}"
         )
     back = np.flatnonzero(dates[1:] < dates[:-1])
     if back.size:
         i = int(back[0]) + 1
         raise DataError(
-            f"{source}: dates not in ascending order: {pd.Timestamp(dates[i]).date()} at line "
+            f"{source}: dates not in ascending order: {pd.Timestamp(dates[i]).date()} at {unit} "
             f"{line[i]} comes after {pd.Timestamp(dates[i - 1]).date()}"
         )
     seen = pd.Index(dates)
     if seen.has_duplicates:  # duplicates that are not adjacent (file sorted otherwise)
         i = int(np.argmax(seen.duplicated()))
-        raise DataError(f"{source}: duplicate date {pd.Timestamp(dates[i]).date()} at line {line[i]}")
+        raise DataError(f"{source}: duplicate date {pd.Timestamp(dates[i]).date()} at {unit} {line[i]}")
 
     for col in PRICE_COLUMNS:
         bad = (out[col] <= 0).to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(
-                f"{source}: non-positive price {out[col].iloc[i]:g} in column {col!r} at line {line[i]}"
+                f"{source}: non-positive price {out[col].iloc[i]:g} in column {col!r} at {unit} {line[i]}"
             )
     bad = (out["volume"] < 0).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{source}: negative volume {out['volume'].iloc[i]:g} at line {line[i]}")
+        raise DataError(f"{source}: negative volume {out['volume'].iloc[i]:g} at {unit} {line[i]}")
     bad = (out["high"] < out["low"]).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{source}: high below low at line {line[i]}")
+        raise DataError(f"{source}: high below low at {unit} {line[i]}")
 
     frame = out.set_index("date")
     frame.index.name = "date"

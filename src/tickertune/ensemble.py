@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,11 @@ class Ensemble:
 
 
 def _as_input(bars: pd.DataFrame) -> pd.DataFrame:
-    """The pyfunc's input: a 'date' column and the price columns."""
-    frame = bars.copy()
-    if "date" not in [str(c).lower() for c in frame.columns]:
-        frame = frame.rename_axis("date").reset_index()
-    return frame
+    """The pyfunc's input: checked bars (any common header spelling, a date column or a
+    DatetimeIndex) as a 'date' column and float price columns."""
+    from tickertune.data import bars_from_frame
+
+    return bars_from_frame(bars).reset_index()
 
 
 def _client(tracking_uri: str | None):
@@ -76,6 +77,10 @@ def _client(tracking_uri: str | None):
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # a lookup must not leave an empty store behind
+        raise NotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]}; run: tickertune tune TICKER")
     return MlflowClient()
 
 
@@ -85,6 +90,8 @@ def load_model(ticker: str, model: str = "transformer", alias: str = "rank-1",
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    if model not in ("transformer", "xgb", "ensemble"):
+        raise ConfigError(f"unknown model {model!r}; choose from transformer, xgb, ensemble")
     client = _client(tracking_uri)
     name = registered_name(ticker, model)
     try:
@@ -93,10 +100,13 @@ def load_model(ticker: str, model: str = "transformer", alias: str = "rank-1",
         raise NotFoundError(f"no registered model {name}@{alias} in {mlflow.get_tracking_uri()}; "
                             f"run: tickertune tune {ticker.upper()} --model {model}") from None
     uri = f"models:/{name}/{mv.version}"
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tempfile.mkdtemp(prefix="tt-model-")))
+    tmp = tempfile.TemporaryDirectory(prefix="tt-model-")  # removed with the LoadedModel
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=tmp.name))
     pyfunc = mlflow.pyfunc.load_model(str(local))
-    model_dir = next(local.rglob("pipeline.json")).parent
-    return LoadedModel(name, alias, str(mv.version), dict(mv.tags or {}), pyfunc, model_dir)
+    model_dir = next(local.rglob("pipeline.json"), local).parent
+    loaded = LoadedModel(name, alias, str(mv.version), dict(mv.tags or {}), pyfunc, model_dir)
+    loaded._tmp = tmp
+    return loaded
 
 
 def load_ensemble(ticker: str, top_k: int = 3, include_xgb: bool = False,
@@ -241,7 +251,8 @@ def evaluate_ensemble(ticker: str, storage_url: str, top_k: int = 3, include_xgb
 
 
 def _metric_key(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-/" else "_" for c in label).strip("_")
+    key = "".join(c if c.isalnum() or c in "._-/" else "_" for c in label)
+    return re.sub("_+", "_", key).strip("_")
 
 
 def _log_evaluation(ticker: str, model: str, seg: HeldOutSegment, report: EvaluationReport,

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from tickertune.data import bars_from_frame
+from tickertune.errors import DataError
 from tickertune.features import feature_matrix
 
 PIPELINE_FILE = "pipeline.json"
@@ -42,5 +43,9 @@ class BarsPredictor:
         Pass the full history you have: recursive indicators (RSI, MACD) start from the
         first bar given, so a longer history gives values closer to the training ones."""
         frame = bars_from_frame(bars)
+        if len(frame) < self.min_bars:
+            raise DataError(f"input bars: {len(frame)} bars, at least {self.min_bars} needed for one "
+                            f"probability (look-back {self.pipeline['lookback']}"
+                            f"{', window ' + str(self.pipeline['window']) if 'window' in self.pipeline else ''})")
         X = feature_matrix(frame)
         return self._model.predict_proba(X)

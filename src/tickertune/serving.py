@@ -14,6 +14,7 @@ so a bundle named `tickertune` would swap the running tickertune for the model's
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.metadata
 import json
@@ -84,6 +85,7 @@ def _bundle() -> Path:
     """tickertune's code as the package `tickertune_bundle` (no sample data), made once per
     process; returns the folder holding the bundle and the two model-code files."""
     root = Path(tempfile.mkdtemp(prefix="tickertune-bundle-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     dst = root / BUNDLE
     shutil.copytree(PACKAGE_DIR, dst, ignore=shutil.ignore_patterns("__pycache__", "sample_data"))
     for py in dst.rglob("*.py"):

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -81,6 +82,9 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
 
 def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int) -> None:
     """The writer process: run MLflow calls, creates first, until told to stop."""
+    # Ctrl-C in a terminal reaches the whole process group: the tuner handles it and
+    # then tells the writer to drain and stop; the writer must not die half-way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(WRITER_NICE)
     except OSError:
@@ -160,11 +164,15 @@ class _Writer:
                                  args=(tracking_uri, self._requests, self._results, os.getpid()))
         self._proc.start()
         self._closed = False
+        self._dead: str | None = None
         self._collector = threading.Thread(target=self._collect, name="tickertune-results", daemon=True)
         self._collector.start()
 
     def submit(self, kind: str, body: dict[str, Any] | None = None) -> Future:
         fut: Future = Future()
+        if self._dead is not None:  # nobody would ever answer
+            fut.set_exception(RuntimeError(self._dead))
+            return fut
         with self._lock:
             op_id = next(self._ids)
             self._futures[op_id] = fut
@@ -192,6 +200,7 @@ class _Writer:
                 fut.set_exception(RuntimeError(value))
 
     def _fail_all(self, why: str) -> None:
+        self._dead = why
         with self._lock:
             futures, self._futures = list(self._futures.values()), {}
         if futures:
@@ -200,22 +209,28 @@ class _Writer:
         for fut in futures:
             fut.set_exception(RuntimeError(why))
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until every operation sent so far is done (or failed)."""
+    def flush(self, timeout: float | None = 600.0) -> None:
+        """Block until every operation sent so far is done (or failed, or `timeout` passed)."""
         if self._closed:
             return
         try:
             self.submit("flush").result(timeout=timeout)
-        except Exception:  # noqa: BLE001 - already reported
-            pass
+        except Exception as exc:  # noqa: BLE001 - failures were reported; a timeout is new
+            if not isinstance(exc, RuntimeError):
+                self.errors.append(f"tracking writer did not drain within {timeout:.0f} s")
 
     def close(self) -> None:
+        """Drain, stop and reap the writer process (killed if it does not stop)."""
         if self._closed:
             return
         self.flush()
         self._closed = True
-        self._requests.put(("stop", -1, {}))
-        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._requests.put(("stop", -1, {}))
+            self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
 
 
 class TrialRun:
@@ -289,21 +304,44 @@ class MlflowTracker:
         self.experiment_name = experiment_name
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self._env_run: Any = None
         self._owns_parent = False
-        self.writer = _Writer(self.tracking_uri)
+        self.writer: _Writer | None = None
         self._open: dict[int, TrialRun] = {}
+
+    def prepare(self) -> None:
+        """Reach the tracking store and resolve the experiment (or the `mlflow run` run).
+
+        Called before any study is created, so a bad URI or a stale MLFLOW_RUN_ID stops
+        the invocation with one line and no study written."""
+        try:
+            env_run = os.environ.get("MLFLOW_RUN_ID")
+            if env_run:
+                self._env_run = self.client.get_run(env_run)
+                self.experiment_id = self._env_run.info.experiment_id
+            else:
+                self.experiment_id = self._experiment_id()
+                exp = self.client.get_experiment(self.experiment_id)
+                if exp.lifecycle_stage != "active":
+                    raise ConfigError(f"MLflow experiment {exp.name!r} is deleted; restore it "
+                                      f"(mlflow experiments restore) or pass --experiment")
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy and OS errors alike
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"MLflow tracking at {mask_secrets(self.tracking_uri)} failed: "
+                              f"{mask_secrets(first)[:300]}") from None
 
     # -- parent ---------------------------------------------------------------------------
     def start_parent(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
         """Attach to MLFLOW_RUN_ID (under `mlflow run`) or create the parent run."""
-        env_run = os.environ.get("MLFLOW_RUN_ID")
+        if self.experiment_id is None:
+            self.prepare()
+        env_run = self._env_run.info.run_id if self._env_run is not None else None
         if env_run:
-            run = self.client.get_run(env_run)
-            self.experiment_id = run.info.experiment_id
             self.parent_run_id = env_run
-            existing = dict(run.data.params)
+            existing = dict(self._env_run.data.params)
         else:
-            self.experiment_id = self._experiment_id()
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             self.parent_run_id = run.info.run_id
             self._owns_parent = True
@@ -311,6 +349,7 @@ class MlflowTracker:
         # Params are immutable: never re-log a key `mlflow run` already set from -P.
         fresh = {k: v for k, v in params.items() if k not in existing}
         self.log_parent(params=fresh, tags=tags if env_run else {})
+        self.writer = _Writer(self.tracking_uri)
         return self.parent_run_id
 
     def _experiment_id(self) -> str:
@@ -390,10 +429,11 @@ class MlflowTracker:
         Returns the tracking errors seen (empty when every write landed)."""
         for number in list(self._open):
             self.end_trial(number, "FAIL", error="the invocation ended before this trial did")
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         if self._owns_parent and self.parent_run_id:
             self.client.set_terminated(self.parent_run_id, status=status)
-        return list(self.writer.errors)
+        return list(self.writer.errors) if self.writer is not None else []
 
 
 class NullTrialRun:
@@ -413,6 +453,9 @@ class NullTracker:
     enabled = False
     parent_run_id = None
     tracking_uri = None
+
+    def prepare(self) -> None:
+        pass
 
     def start_parent(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
         return None

@@ -85,14 +85,18 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     (one write per boosting round adds up), readers such as optuna-dashboard do not
     block writers, and a crashed process cannot corrupt the file."""
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=30) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-        kwargs = {"engine_kwargs": {"connect_args": {"timeout": 30}}}
     try:
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = Path(url[len("sqlite:///"):])
+            if path.is_dir():
+                raise ConfigError(f"study storage {url} is a directory, not a database file")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path, timeout=30) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+            kwargs = {"engine_kwargs": {"connect_args": {"timeout": 30}}}
         storage = optuna.storages.RDBStorage(url, **kwargs)
+    except ConfigError:
+        raise
     except Exception as exc:  # sqlalchemy raises many types for a bad URL / down server
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot open study storage {mask_secrets(url)}: {mask_secrets(first)}") from None
@@ -117,6 +121,34 @@ class OpenedStudy:
     pruner: PrunerSpec
 
 
+def check_study(name: str, storage: optuna.storages.BaseStorage,
+                attrs: dict[str, Any]) -> optuna.Study | None:
+    """The existing study `name`, or None; refuses one of another mode or split. Writes nothing."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we log created/loaded ourselves
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    if len(existing.directions) != 1:
+        raise ConfigError(
+            f"study {name!r} in this storage has {len(existing.directions)} objectives; "
+            f"it is not a single-objective log-loss study (use another --storage or study mode)"
+        )
+    if existing.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ConfigError(f"study {name!r} in this storage maximises; tickertune minimises log loss")
+    split_keys = [k for k in attrs if k.endswith(("_start", "_end")) and k.split("_")[0] in
+                  ("train", "val", "test")]
+    recorded = {k: existing.user_attrs.get(k) for k in split_keys}
+    now = {k: attrs[k] for k in split_keys}
+    if any(v is not None for v in recorded.values()) and recorded != now:
+        raise ConfigError(
+            f"study {name!r} was tuned on another split (validation {recorded.get('val_start')}.."
+            f"{recorded.get('val_end')}, test from {recorded.get('test_start')}); this data gives "
+            f"validation {now.get('val_start')}..{now.get('val_end')}: use the same --data/--start/"
+            f"--end, or another --storage")
+    return existing
+
+
 def open_study(
     name: str,
     storage: optuna.storages.BaseStorage,
@@ -124,22 +156,11 @@ def open_study(
     seed: int,
     attrs: dict[str, Any],
 ) -> OpenedStudy:
-    """Create `name` or load it (load_if_exists), refusing a study of another mode.
+    """Create `name` or load it (load_if_exists), refusing a study of another mode or split.
 
     The sampler seed is `seed + existing trials`, so a re-run continues the search
     instead of replaying the random start-up points of the first invocation."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we log created/loaded ourselves
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        existing = None
-    if existing is not None and len(existing.directions) != 1:
-        raise ConfigError(
-            f"study {name!r} in this storage has {len(existing.directions)} objectives; "
-            f"it is not a single-objective log-loss study (use another --storage or study mode)"
-        )
-    if existing is not None and existing.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ConfigError(f"study {name!r} in this storage maximises; tickertune minimises log loss")
+    existing = check_study(name, storage, attrs)
     n_existing = len(existing.trials) if existing is not None else 0
     sampler = optuna.samplers.TPESampler(seed=seed + n_existing, multivariate=True)
     study = optuna.create_study(
@@ -152,16 +173,6 @@ def open_study(
             study.set_user_attr(k, v)
         log.info("created new study %s", name)
     else:
-        split_keys = [k for k in attrs if k.endswith(("_start", "_end")) and k.split("_")[0] in
-                      ("train", "val", "test")]
-        recorded = {k: study.user_attrs.get(k) for k in split_keys}
-        now = {k: attrs[k] for k in split_keys}
-        if any(v is not None for v in recorded.values()) and recorded != now:
-            raise ConfigError(
-                f"study {name!r} was tuned on another split (validation {recorded.get('val_start')}.."
-                f"{recorded.get('val_end')}, test from {recorded.get('test_start')}); this data gives "
-                f"validation {now.get('val_start')}..{now.get('val_end')}: use the same --data/--start/"
-                f"--end, or another --storage")
         old = study.user_attrs.get("data_fingerprint")
         if old and old != attrs.get("data_fingerprint"):
             log.warning("study %s was started on data with fingerprint %s, now %s (same split dates)",
@@ -169,6 +180,100 @@ def open_study(
         log.info("loaded study %s with %d existing trials", name, n_existing)
     study.set_user_attr("pruner", pruner.name)
     return OpenedStudy(study=study, created=created, n_existing=n_existing, pruner=pruner)
+
+
+class _RecordingSpace:
+    """A ParamSpace that records every declared parameter (name -> kind and range)."""
+
+    def __init__(self, pick: int) -> None:
+        self.pick = pick
+        self.decls: dict[str, tuple] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, **kw: Any) -> float:
+        self.decls[name] = ("float", low, high)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, **kw: Any) -> int:
+        self.decls[name] = ("int", low, high)
+        return low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.decls[name] = ("categorical", list(choices))
+        return list(choices)[min(self.pick, len(choices) - 1)]
+
+
+def search_space(model: Model) -> dict[str, tuple]:
+    """Every parameter a model can suggest, over all branches of its conditional space."""
+    decls: dict[str, tuple] = {}
+    for pick in range(4):
+        space = _RecordingSpace(pick)
+        model.suggest_params(space)
+        decls.update(space.decls)
+    return decls
+
+
+_NOT_SETTABLE = ("seed", "device")  # seed = --seed + trial number; device = --device
+
+
+def _checked(model: Model, key: str, value: Any, decl: tuple | None) -> Any:
+    where = f"--set {model.name}.{key}={value}"
+    if decl is None:  # a fixed setting: keep the type of its default
+        default = model.fixed_params(0)[key]
+        if isinstance(default, bool):
+            if str(value).lower() in ("true", "1", "false", "0"):
+                return str(value).lower() in ("true", "1")
+            raise ConfigError(f"{where}: expected true or false")
+        if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number")
+        if isinstance(default, int) and (not float(value).is_integer() or value < 1):
+            raise ConfigError(f"{where}: expected a whole number >= 1")
+        return type(default)(value) if isinstance(default, (int, float)) else value
+    kind = decl[0]
+    if kind == "categorical":
+        for choice in decl[1]:
+            if value == choice or str(value) == str(choice):
+                return choice
+        raise ConfigError(f"{where}: choose from {', '.join(map(str, decl[1]))}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number in [{decl[1]}, {decl[2]}]")
+    if not decl[1] <= value <= decl[2]:
+        raise ConfigError(f"{where}: outside the search range [{decl[1]}, {decl[2]}]")
+    if kind == "int":
+        if not float(value).is_integer():
+            raise ConfigError(f"{where}: expected a whole number")
+        return int(value)
+    return float(value)
+
+
+def fixed_by_model(models: list[Model], fixed: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate `--set` values and route each to its model(s). A key may be prefixed with
+    the model ('xgb.gamma'); a bare key that two chosen models both have is refused."""
+    out: dict[str, dict[str, Any]] = {m.name: {} for m in models}
+    names = {m.name: m for m in models}
+    for key, value in fixed.items():
+        prefix, dot, bare = key.partition(".")
+        if not dot:
+            prefix, bare = "", key
+        elif prefix not in names:
+            raise ConfigError(f"--set {key}: {prefix!r} is not a model of this run "
+                              f"({', '.join(names)})")
+        owners = []
+        for m in models:
+            if prefix and m.name != prefix:
+                continue
+            space = search_space(m)
+            if bare in space or (bare in m.fixed_params(0) and bare not in _NOT_SETTABLE):
+                owners.append((m, space.get(bare)))
+        if not owners:
+            valid = sorted({k for m in models if not prefix or m.name == prefix
+                            for k in [*search_space(m), *m.fixed_params(0)] if k not in _NOT_SETTABLE})
+            raise ConfigError(f"--set {key}: unknown parameter; known: {', '.join(valid)}")
+        if not prefix and len(owners) > 1:
+            raise ConfigError(f"--set {key}: both models have {bare!r}; write "
+                              + " or ".join(f"{m.name}.{bare}" for m, _ in owners))
+        for m, decl in owners:
+            out[m.name][bare] = _checked(m, bare, value, decl)
+    return out
 
 
 class _FixingSpace:
@@ -255,10 +360,13 @@ def make_objective(
         except optuna.TrialPruned:
             state = "PRUNED"
             end_tags["pruned_at_step"] = str(last["step"])
-            run.log_metrics({"duration_s": time.perf_counter() - t0})
+            run.log_metrics({**ctx.final_metrics, "duration_s": time.perf_counter() - t0})
             raise
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}".strip()
+            if isinstance(exc, KeyboardInterrupt):
+                error = "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
+                end_tags["interrupted"] = "true"
             if errors is not None:
                 errors[trial.number] = error
             run.log_metrics({"duration_s": time.perf_counter() - t0})
@@ -302,7 +410,7 @@ def run_study(
             what = f"val_logloss={t.value:.5f}"
         elif t.state == optuna.trial.TrialState.PRUNED:
             steps = t.last_step if t.last_step is not None else 0
-            what = f"pruned after {steps} {ctx.model.step_unit}s"
+            what = f"pruned after {steps} {ctx.model.step_unit}{'' if steps == 1 else 's'}"
         else:
             what = "failed: " + errors.get(t.number, "unknown error").splitlines()[0][:200]
         dur = t.duration.total_seconds() if t.duration else 0.0

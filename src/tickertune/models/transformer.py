@@ -286,6 +286,7 @@ class TransformerModel:
         y_val = prepared.y_val
 
         best_loss, best_epoch, best_state, bad, epoch = float("inf"), 0, None, 0, 0
+        utilisation: list[float] = []  # GPU busy %, sampled at the end of each epoch
         for epoch in range(1, max_epochs + 1):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
@@ -305,6 +306,12 @@ class TransformerModel:
             if sched is not None:
                 sched.step()
 
+            if cuda:
+                from tickertune.device import gpu_utilization
+
+                util = gpu_utilization(device.index or 0)
+                if util is not None:
+                    utilisation.append(util)
             proba = predict_proba(net, data.X_val, device)
             val_loss = log_loss(y_val, proba)
             if val_loss < best_loss:
@@ -330,13 +337,11 @@ class TransformerModel:
         m = classification_metrics(y_val, proba)
         extra: dict[str, Any] = {"val_proba": proba, "window": int(p["window"]), "params": p}
         if cuda:
-            from tickertune.device import gpu_utilization
-
             extra["device_metrics"] = {
                 "device.peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
-            util = gpu_utilization(device.index or 0)
-            if util is not None:
-                extra["device_metrics"]["device.gpu_utilization_pct"] = util
+            if utilisation:
+                extra["device_metrics"]["device.gpu_utilization_pct"] = float(np.mean(utilisation))
+                extra["device_metrics"]["device.gpu_utilization_max_pct"] = float(np.max(utilisation))
         metrics = {
             "val_logloss": m["logloss"],
             "val_accuracy": m["accuracy"],

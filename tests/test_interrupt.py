@@ -1,0 +1,53 @@
+"""Ctrl-C in a terminal (SIGINT to the whole process group) ends cleanly with exit 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import SHORT, cli_env
+
+
+def test_sigint_to_the_process_group(tmp_path):
+    err = open(tmp_path / "err.txt", "w")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tickertune", "tune", "AAPL", "--trials", "200", "--pruner", "none",
+         "--start", SHORT["start"]],
+        cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=err,
+        start_new_session=True,  # its own process group, as a terminal job has
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until two trials have finished
+        if (tmp_path / "err.txt").read_text().count(" COMPLETE ") >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: the tuner and its writer both get it
+    assert p.wait(timeout=120) == 130
+    text = (tmp_path / "err.txt").read_text()
+    assert text.rstrip().endswith("tickertune: interrupted; finished trials are saved")
+
+    study = optuna.load_study(study_name="xgb_tuning_AAPL", storage=f"sqlite:///{tmp_path}/results/tuning.db")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") >= 2 and "RUNNING" not in states
+    assert set(states) <= {"COMPLETE", "FAIL"}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tickertune").experiment_id], max_results=500)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert len(trials) == len(study.trials)  # every trial has its run, the interrupted one too
+    by_number = {int(r.data.tags["trial_number"]): r for r in trials}
+    for t in study.trials:
+        assert by_number[t.number].info.status == {"COMPLETE": "FINISHED", "FAIL": "FAILED"}[t.state.name]
+        if t.state.name == "FAIL":
+            assert by_number[t.number].data.tags["interrupted"] == "true"
+    best = json.loads((tmp_path / "results" / "best_params" / "AAPL.json").read_text())
+    assert best["models"]["xgb"]["best_trial"] == study.best_trial.number
