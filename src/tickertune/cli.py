@@ -49,6 +49,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _where(p: argparse.ArgumentParser, tracking: bool = True) -> None:
+    """The options that say where the studies (and the MLflow store) are."""
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///RESULTS_DIR/tuning.db)")
+    p.add_argument("--results-dir", default="results", type=Path, help="default ./results")
+    if tracking:
+        p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+        p.add_argument("--experiment", default=None, help="MLflow experiment (default tickertune)")
+
+
+def _bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tickertune",
@@ -96,8 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("studies", help="list the studies in a storage",
                        description="Each study with its direction, trials by state and best value.")
-    s.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///results/tuning.db)")
-    s.add_argument("--results-dir", default="results", type=Path)
+    _where(s, tracking=False)
     s.set_defaults(func=cmd_studies)
 
     e = sub.add_parser("ensemble", help="score the registered models and their mean on the test segment",
@@ -109,12 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--include-xgb", action="store_true", help="add tickertune-<TICKER>-xgb@rank-1")
     e.add_argument("--register", action="store_true",
                    help="log the ensemble as the pyfunc model tickertune-<TICKER>-ensemble")
-    e.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///results/tuning.db)")
-    e.add_argument("--results-dir", default="results", type=Path)
-    e.add_argument("--tracking-uri", default=None)
-    e.add_argument("--experiment", default=None)
-    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    e.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    _where(e)
+    _bootstrap(e)
     e.set_defaults(func=cmd_ensemble)
 
     v = sub.add_parser("evaluate", help="score a registered model on the test segment, with intervals",
@@ -126,21 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--alias", default="rank-1", help="registry alias (default rank-1)")
     v.add_argument("--top-k", type=int, default=3, help="ensemble: transformer ranks (default 3)")
     v.add_argument("--include-xgb", action="store_true", help="ensemble: add the best XGBoost")
-    v.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    v.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    v.add_argument("--storage", default=None)
-    v.add_argument("--results-dir", default="results", type=Path)
-    v.add_argument("--tracking-uri", default=None)
-    v.add_argument("--experiment", default=None)
+    _bootstrap(v)
+    _where(v)
     v.set_defaults(func=cmd_evaluate)
 
     a = sub.add_parser("audit", help="leakage audit of a ticker's studies and registered models",
                        description="Past-only features, disjoint segments with gaps, scaler fitted on "
                        "train only, test segment untouched by tuning. Exit 1 when a check fails.")
     a.add_argument("ticker")
-    a.add_argument("--storage", default=None)
-    a.add_argument("--results-dir", default="results", type=Path)
-    a.add_argument("--tracking-uri", default=None)
+    _where(a)
     a.add_argument("--no-tracking", action="store_true", help="skip the registered-model checks")
     a.set_defaults(func=cmd_audit)
 
