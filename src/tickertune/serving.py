@@ -15,9 +15,11 @@ so a bundle named `tickertune` would swap the running tickertune for the model's
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import sys
@@ -117,14 +119,33 @@ def log_bars_model(run_id: str, artifacts: dict[str, str], model_class: type,
     output = probe.predict(None, input_example)
     reqs = sorted({r for k in kinds for r in pip_requirements(k)})
     root = _bundle()
-    # MLflow 3.17 puts the LoggedModel in the *active* experiment, not the run's: align them.
-    mlflow.set_experiment(experiment_id=mlflow.tracking.MlflowClient().get_run(run_id).info.experiment_id)
-    return Model.log(
-        artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=str(root / f"{model_class.__name__}.py"), artifacts=artifacts,
-        code_paths=[str(root / BUNDLE)], signature=infer_signature(input_example, output),
-        input_example=input_example, pip_requirements=reqs,
-    )
+    exp_id = mlflow.tracking.MlflowClient().get_run(run_id).info.experiment_id
+    with _active_experiment(exp_id):
+        return Model.log(
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+            python_model=str(root / f"{model_class.__name__}.py"), artifacts=artifacts,
+            code_paths=[str(root / BUNDLE)], signature=infer_signature(input_example, output),
+            input_example=input_example, pip_requirements=reqs,
+        )
+
+
+@contextlib.contextmanager
+def _active_experiment(experiment_id: str):
+    """MLflow 3.17 puts a LoggedModel in the *active* experiment, not its run's: make the run's
+    experiment active for the call, then restore the previous state (global and env var)."""
+    from mlflow.tracking import fluent
+
+    before_global = fluent._active_experiment_id
+    before_env = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        yield
+    finally:
+        fluent._active_experiment_id = before_global
+        if before_env is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = before_env
 
 
 class _Context:

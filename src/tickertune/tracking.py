@@ -100,6 +100,10 @@ def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int
     except (ImportError, AttributeError):
         pass
     client = MlflowClient(tracking_uri)
+    try:  # open the store now (engine, schema check), not on the first trial's clock
+        client.search_experiments(max_results=1)
+    except Exception:  # noqa: BLE001 - the real calls below report any problem
+        pass
     pending: collections.deque = collections.deque()
     creates: collections.deque = collections.deque()
     stopping = False

@@ -56,7 +56,9 @@ class XGBoostModel:
             "eval_metric": "logloss",
             "tree_method": "hist",
             "early_stopping_rounds": EARLY_STOPPING_ROUNDS,
-            "nthread": os.cpu_count() or 1,
+            # One core is left to the tuner and the tracking writer (on 2 cores: ~5% slower
+            # untracked, but tracked trials no longer fight the writer for the CPU).
+            "nthread": max(1, (os.cpu_count() or 2) - 1),
             "seed": seed,
         }
 
