@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-tracking", action="store_true", help="skip the registered-model checks")
     a.set_defaults(func=cmd_audit)
 
+    q = sub.add_parser("sql", help="run a read-only SQL query on the study database",
+                       description="Print the rows of one query on the study database (Optuna's "
+                       "schema; see docs/queries.sql for a cookbook). SQLite is opened read-only.")
+    q.add_argument("query", help='e.g. "SELECT study_name FROM studies"')
+    _where(q, tracking=False)
+    q.set_defaults(func=cmd_sql)
+
     b = sub.add_parser("best", help="print a ticker's best-params JSON")
     b.add_argument("ticker")
     b.add_argument("--results-dir", default="results", type=Path)
@@ -272,6 +279,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"\n{cfg.ticker}: {len(checks) - len(failed)} of {len(checks)} checks passed or skipped, "
           f"{len(failed)} failed")
     return 1 if failed else 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from tickertune.config import TuneConfig
+    from tickertune.studies import run_sql
+
+    url = args.storage or TuneConfig(ticker="X", results_dir=args.results_dir).storage_url
+    cols, rows = run_sql(url, args.query)
+    if cols:
+        _print_table(cols, rows)
+    print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+    return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:

@@ -32,3 +32,43 @@ def list_studies(storage_url: str) -> list[list[Any]]:
         rows.append([summary.study_name, directions, sum(states.values()), states["COMPLETE"],
                      states["PRUNED"], states["FAIL"], states["RUNNING"], best_value, best_trial])
     return rows
+
+
+def run_sql(storage_url: str, query: str) -> tuple[list[str], list[tuple]]:
+    """Run one read-only query on the study database; returns (columns, rows).
+
+    SQLite files are opened read-only; other databases run it in a transaction that is
+    rolled back, so a stray UPDATE changes nothing."""
+    from tickertune.config import mask_secrets
+    from tickertune.errors import ConfigError
+
+    if not query.strip():
+        raise ConfigError("sql: the query is empty")
+    if storage_url.startswith("sqlite:///"):
+        path = Path(storage_url[len("sqlite:///"):])
+        if not path.is_file():
+            raise NotFoundError(f"no study database at {path}; run: tickertune tune TICKER")
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True) as con:
+                cur = con.execute(query)
+                return [d[0] for d in cur.description or []], cur.fetchall()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"sql: {exc}") from None
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(storage_url)
+        with engine.connect() as conn:
+            try:
+                result = conn.execute(text(query))
+                cols = list(result.keys()) if result.returns_rows else []
+                rows = [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+            finally:
+                conn.rollback()
+        return cols, rows
+    except SQLAlchemyError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"sql: {mask_secrets(first)}") from None
