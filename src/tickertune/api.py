@@ -20,7 +20,7 @@ from tickertune.config import TuneConfig, mask_secrets
 from tickertune.data import load_bars
 from tickertune.device import device_tags
 from tickertune.features import build_features
-from tickertune.splits import chronological_split
+from tickertune.splits import chronological_split, walk_forward_folds
 from tickertune.version import code_version
 
 log = logging.getLogger("tickertune")
@@ -54,6 +54,7 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
     bars = load_bars(config.ticker, config.data, config.start, config.end)
     features = build_features(bars.frame)
     split = chronological_split(features, source=bars.source)
+    folds = walk_forward_folds(split, config.cv_folds, bars.source) if config.cv_folds else []
     models = [get_model(name, device=config.device) for name in config.models]
     if config.tracking:
         check_reachable(config.tracking_url)
@@ -70,12 +71,18 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         "features": features.names,
         "gap": split.gap,
         **split.dates(),
+        "cv_folds": config.cv_folds,
+        "multi_objective": config.multi_objective,
+        **({"fold_val_starts": [str(split.features.dates[f.val.start].date()) for f in folds]}
+           if folds else {}),
         "created_by": code_version(),
     }
+    n_obj = 2 if config.multi_objective else 1
     # Every check before any write: storage and studies (read-only), then tracking.
     storage = tuning.make_storage(config.storage_url)
+    names = {m.name: tuning.study_name(m.name, bars.ticker) + config.study_suffix for m in models}
     for m in models:
-        tuning.check_study(tuning.study_name(m.name, bars.ticker), storage, study_attrs)
+        tuning.check_study(names[m.name], storage, study_attrs, n_obj)
     tracker = MlflowTracker(config.tracking_url, config.experiment_name) if config.tracking else NullTracker()
     tracker.prepare()
 
@@ -84,13 +91,19 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
     base = split.baselines(split.val)
     status = "FAILED"
     try:
+        if config.multi_objective:
+            log.info("pruning is off with --multi-objective: Optuna cannot prune a trial on several "
+                     "objectives, so every trial runs to its end (early stopping still applies)")
         for m in models:
-            opened[m.name] = tuning.open_study(
-                tuning.study_name(m.name, bars.ticker), storage,
-                tuning.PrunerSpec(type(pruner).__name__, pruner) if pruner is not None
-                else tuning.make_pruner(config.pruner, m),
-                config.seed, {**study_attrs, "model": m.name},
-            )
+            if config.multi_objective:
+                spec = tuning.make_pruner("none", m)
+            elif pruner is not None:
+                spec = tuning.PrunerSpec(type(pruner).__name__, pruner)
+            else:
+                spec = tuning.make_pruner(config.pruner, tuning.Resources(1, config.cv_folds, 3)
+                                          if folds else m)
+            opened[m.name] = tuning.open_study(names[m.name], storage, spec, config.seed,
+                                               {**study_attrs, "model": m.name})
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         parent_tags = {"ticker": bars.ticker, "models": ",".join(config.models),
                        "data_fingerprint": bars.fingerprint, "code_version": code_version(),
@@ -106,11 +119,14 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         progress = sys.stderr.isatty() if config.progress is None else config.progress
         for model in models:
             prepared = model.prepare(split)
-            keep = TopK(config.top_k if model.name == "transformer" else 1)
+            # The registry ranks single-split validation losses; other modes register nothing.
+            plain = not folds and not config.multi_objective
+            keep = TopK((config.top_k if model.name == "transformer" else 1) if plain else 0)
             ctx = tuning.TrialContext(
                 model=model, prepared=prepared, ticker=bars.ticker, seed=config.seed,
                 tags=trial_tags, final_metrics=base.as_dict("baseline_val_"),
                 fixed_overrides=fixed[model.name],
+                folds=[model.prepare(f) for f in folds], multi_objective=config.multi_objective,
                 on_complete=(lambda n, v, fit, rid, params, keep=keep: keep.offer(
                     Candidate(v, n, rid, fit, params))) if tracker.enabled else None,
             )
@@ -134,7 +150,7 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
             for name, op in opened.items():
                 entry = best_entry(op.study)
                 if entry is not None:
-                    result.best[name] = entry
+                    result.best[name + config.study_suffix] = entry
             if result.best:
                 result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
             if tracker.enabled and result.parent_run_id:
@@ -205,9 +221,11 @@ def _summarise_parent(tracker: Any, studies: list[Any], result: TuneResult, base
             outcome = result.outcomes.get(model)
             if outcome is not None:
                 metrics[f"{model}.n_added"] = sum(outcome.added.values())
-            entry = result.best.get(model)
+            entry = result.best.get(model + result.config.study_suffix)
             summary = {"study_name": study.study_name, "trials_by_state": counts, "best": entry}
-            if entry is not None:
+            if entry is not None and "pareto_front" in entry:
+                metrics[f"{model}.pareto_size"] = len(entry["pareto_front"])
+            elif entry is not None:
                 metrics[f"{model}.best_val_logloss"] = entry["best_value"]
                 tags[f"{model}.best_trial"] = str(entry["best_trial"])
                 params.update({f"{model}.best.{k}": str(v) for k, v in entry["params"].items()})

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pruner", default="hyperband", choices=["hyperband", "asha", "median", "none"],
                    help="pruner (default hyperband)")
     t.add_argument("--seed", type=int, default=42, help="base seed for sampler and models (default 42)")
+    t.add_argument("--cv-folds", type=int, default=0, metavar="K",
+                   help="walk-forward cross-validation with K expanding folds (own study: *_cvK)")
+    t.add_argument("--multi-objective", action="store_true",
+                   help="minimise (val log loss, training seconds); own study *_mo; no pruning")
     t.add_argument("--storage", default=None,
                    help="Optuna storage URL (default sqlite:///RESULTS_DIR/tuning.db)")
     t.add_argument("--tracking-uri", default=None,
@@ -147,6 +151,39 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-tracking", action="store_true", help="skip the registered-model checks")
     a.set_defaults(func=cmd_audit)
 
+    r = sub.add_parser("report", help="study plots and an index.html under results/reports/<TICKER>/",
+                       description="Optimisation history, param importances, intermediate values, "
+                       "parallel coordinates, timeline (Pareto front for multi-objective studies) as "
+                       "PNGs with an index.html, also logged as an MLflow run.")
+    r.add_argument("ticker")
+    _where(r)
+    r.add_argument("--no-tracking", action="store_true")
+    r.set_defaults(func=cmd_report)
+
+    g = sub.add_parser("generic-params", help="one configuration for several tickers",
+                       description="Median (or mean) of each numeric best param and the most common "
+                       "value of each categorical over the tickers' best params, written to "
+                       "results/best_params/generic.json.")
+    g.add_argument("tickers", nargs="+")
+    g.add_argument("--agg", default="median", choices=["median", "mean"])
+    g.add_argument("--evaluate", action="store_true",
+                   help="fit each ticker with the generic and with its own best params; print and log the table")
+    g.add_argument("--model", default="xgb", choices=["xgb", "transformer"], help="for --evaluate")
+    g.add_argument("--seed", type=int, default=42)
+    _where(g)
+    g.set_defaults(func=cmd_generic)
+
+    c = sub.add_parser("cluster", help="group tickers by return behaviour",
+                       description="k-means on each ticker's return profile (volatility, "
+                       "autocorrelations, skew, kurtosis, correlation with the others); prints each "
+                       "cluster with a representative to tune, and logs the result to MLflow.")
+    c.add_argument("tickers", nargs="+")
+    c.add_argument("--k", type=int, default=2)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--no-tracking", action="store_true")
+    _where(c)
+    c.set_defaults(func=cmd_cluster)
+
     q = sub.add_parser("sql", help="run a read-only SQL query on the study database",
                        description="Print the rows of one query on the study database (Optuna's "
                        "schema; see docs/queries.sql for a cookbook). SQLite is opened read-only.")
@@ -171,13 +208,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tracking=not args.no_tracking, experiment=args.experiment, data=args.data or "sample",
         start=args.start or None, end=args.end or None, results_dir=args.results_dir,
         fixed_params=_parse_set(args.set), progress=args.progress, top_k=args.top_k,
-        device=args.device,
+        device=args.device, cv_folds=args.cv_folds, multi_objective=args.multi_objective,
     )
     result = tune(config)
     print()
     for name, outcome in result.outcomes.items():
         added = ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.added.items()))
-        entry = result.best.get(name)
+        entry = result.best.get(name + config.study_suffix)
+        if entry is not None and "pareto_front" in entry:
+            print(f"{outcome.study.study_name}: added {added}; Pareto front: {len(entry['pareto_front'])} "
+                  f"of {entry['n_trials']} trials (pruning is off in this mode):")
+            _print_table(["trial", "val_logloss", "train_seconds", "params"],
+                         [[p["trial"], f"{p['values'][0]:.5f}", f"{p['values'][1]:.3f}",
+                           ", ".join(f"{k}={_short(v)}" for k, v in p["params"].items())]
+                          for p in entry["pareto_front"]])
+            continue
         best = (f"best val_logloss {entry['best_value']:.5f} (trial {entry['best_trial']} of "
                 f"{entry['n_trials']})" if entry else "no complete trial yet")
         print(f"{outcome.study.study_name}: added {added}; {best}")
@@ -210,6 +255,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{result.tracking_errors[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
@@ -279,6 +328,92 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"\n{cfg.ticker}: {len(checks) - len(failed)} of {len(checks)} checks passed or skipped, "
           f"{len(failed)} failed")
     return 1 if failed else 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> None:
+    from tickertune.config import TuneConfig
+
+    uri = TuneConfig(ticker="X", tracking_uri=args.tracking_uri).tracking_url
+    if uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tickertune.config import TuneConfig
+    from tickertune.reports import build_report
+
+    cfg = TuneConfig(ticker=args.ticker, results_dir=args.results_dir, storage=args.storage,
+                     experiment=args.experiment)
+    if not args.no_tracking:
+        _tracking_uri(args)
+    res = build_report(cfg.ticker, cfg.storage_url, cfg.results_dir, tracking=not args.no_tracking,
+                       experiment=cfg.experiment_name)
+    print(f"{len(res.files)} files for {', '.join(res.studies)} in {res.out_dir}")
+    print(f"open: {res.index}")
+    if res.run_id:
+        print(f"MLflow run {res.run_id}")
+    return 0
+
+
+def cmd_generic(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tickertune.across import generic_params, generic_path, transfer_table
+    from tickertune.config import TuneConfig
+    from tickertune.tracking import log_summary_run
+
+    doc = generic_params(args.tickers, args.results_dir, args.agg)
+    print(f"{generic_path(args.results_dir)} ({args.agg} over {', '.join(doc['tickers'])}):")
+    print(json.dumps(doc["models"], indent=2))
+    if not args.evaluate:
+        return 0
+    table = transfer_table(doc["tickers"], args.results_dir, doc, model=args.model, seed=args.seed)
+    print(f"\n{args.model}: own best params against the generic ones (validation segment):")
+    _print_table(list(table.columns), [[_short(v) for v in row] for row in table.itertuples(index=False)])
+    _tracking_uri(args)
+    cfg = TuneConfig(ticker="X", experiment=args.experiment)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "generic_transfer.csv"
+        table.to_csv(path, index=False)
+        metrics = {f"{r.ticker}.{col}": getattr(r, col) for r in table.itertuples(index=False)
+                   for col in ("own_logloss", "generic_logloss", "difference")}
+        rid = log_summary_run(cfg.experiment_name, f"generic-params-{args.model}",
+                              {"kind": "generic-params"}, {"tickers": ",".join(doc["tickers"]),
+                                                           "agg": args.agg, "model": args.model},
+                              metrics, [path, generic_path(args.results_dir)])
+    print(f"\nMLflow run {rid}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tickertune.across import cluster, return_profile
+    from tickertune.config import TuneConfig
+    from tickertune.tracking import log_summary_run
+
+    groups = cluster(args.tickers, k=args.k, seed=args.seed)
+    for i, g in enumerate(groups, start=1):
+        print(f"cluster {i}: {', '.join(g.members)}  (tune: {g.representative})")
+    if args.no_tracking:
+        return 0
+    _tracking_uri(args)
+    cfg = TuneConfig(ticker="X", experiment=args.experiment)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "return_profile.csv"
+        profile = return_profile(args.tickers)
+        profile["cluster"] = [next(i for i, g in enumerate(groups, 1) if t in g.members) for t in profile.index]
+        profile.to_csv(path)
+        rid = log_summary_run(
+            cfg.experiment_name, f"cluster-k{args.k}", {"kind": "cluster"},
+            {"tickers": ",".join(profile.index), "k": args.k, "seed": args.seed,
+             **{f"cluster_{i}": f"{', '.join(g.members)} (tune {g.representative})"
+                for i, g in enumerate(groups, 1)}},
+            {}, [path])
+    print(f"MLflow run {rid}")
+    return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

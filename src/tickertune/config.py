@@ -49,6 +49,8 @@ class TuneConfig:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     top_k: int = 3  # transformer checkpoints kept in the registry (XGBoost: the best one)
     device: str = "auto"  # transformer: auto | cpu | cuda
+    cv_folds: int = 0  # > 1: walk-forward cross-validation with this many folds
+    multi_objective: bool = False  # minimise (val log loss, training seconds); no pruning
 
     def __post_init__(self) -> None:
         self.ticker = self.ticker.strip().upper()
@@ -59,6 +61,10 @@ class TuneConfig:
             self.models = ("xgb", "transformer")
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be 0 or more (got {self.top_k})")
+        if self.cv_folds < 0 or self.cv_folds == 1:
+            raise ConfigError(f"--cv-folds must be 2 or more (got {self.cv_folds})")
+        if self.cv_folds and self.multi_objective:
+            raise ConfigError("--cv-folds and --multi-objective cannot be combined")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
         if self.trials < 1:
@@ -70,6 +76,11 @@ class TuneConfig:
         for m in self.models:
             if m not in MODEL_NAMES:
                 raise ConfigError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+
+    @property
+    def study_suffix(self) -> str:
+        """Each study mode has its own study: '', '_cv<K>' or '_mo'."""
+        return f"_cv{self.cv_folds}" if self.cv_folds else ("_mo" if self.multi_objective else "")
 
     @property
     def storage_url(self) -> str:

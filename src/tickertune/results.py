@@ -49,11 +49,20 @@ def best_entry(study: Any, metric: str = "val_logloss") -> dict[str, Any] | None
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if not complete:
         return None
+    if len(study.directions) > 1:  # no single best: the Pareto front
+        return {
+            "study_name": study.study_name,
+            "metric": ["val_logloss", "train_seconds"],
+            "pareto_front": [{"trial": t.number, "values": list(t.values), "params": _params(t),
+                              "mlflow_run_id": t.user_attrs.get("mlflow_run_id")}
+                             for t in sorted(study.best_trials, key=lambda t: t.values[0])],
+            "n_trials": len(study.get_trials(deepcopy=False)),
+            "n_complete": len(complete),
+            "data_fingerprint": study.user_attrs.get("data_fingerprint"),
+            "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
     best = study.best_trial
-    params = dict(best.params)
-    fixed = best.user_attrs.get("fixed_params")
-    if fixed:
-        params.update(json.loads(fixed))
+    params = _params(best)
     return {
         "study_name": study.study_name,
         "metric": metric,
@@ -66,3 +75,12 @@ def best_entry(study: Any, metric: str = "val_logloss") -> dict[str, Any] | None
         "data_fingerprint": study.user_attrs.get("data_fingerprint"),
         "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _params(trial: Any) -> dict[str, Any]:
+    """A trial's sampled params plus the ones fixed with --set."""
+    params = dict(trial.params)
+    fixed = trial.user_attrs.get("fixed_params")
+    if fixed:
+        params.update(json.loads(fixed))
+    return params

@@ -109,3 +109,26 @@ def chronological_split(
     val = Segment("val", n_train + gap, n_train + gap + n_val)
     test = Segment("test", val.stop + gap, val.stop + gap + n_test)
     return Split(features=features, train=train, val=val, test=test, gap=gap)
+
+
+def walk_forward_folds(split: Split, k: int, source: str = "data") -> list[Split]:
+    """`k` expanding-window folds before the test segment, in time order.
+
+    Fold i trains on every row up to a gap before its validation block; the blocks are
+    consecutive and end where the main validation segment ends, so the test segment (and
+    the gap before it) stays out of every fold. Each fold keeps the main split's gap."""
+    if k < 2:
+        raise ValueError("walk-forward cross-validation needs at least 2 folds")
+    end, gap = split.val.stop, split.gap
+    block = min(len(split.val), (end - gap - MIN_TRAIN) // k)
+    if block < MIN_VAL:
+        raise DataError(
+            f"{source}: too few rows for {k} walk-forward folds: each validation block would have "
+            f"{max(block, 0)} rows (at least {MIN_VAL}); use fewer --cv-folds or widen --start/--end"
+        )
+    folds = []
+    for i in range(k):
+        v_start = end - (k - i) * block
+        folds.append(Split(features=split.features, train=Segment("train", 0, v_start - gap),
+                           val=Segment("val", v_start, v_start + block), test=split.test, gap=gap))
+    return folds

@@ -152,6 +152,30 @@ def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int
             results.put((op_id, False, mask_secrets(f"{type(exc).__name__}: {exc}".splitlines()[0])))
 
 
+def log_summary_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
+                    metrics: dict[str, float], files: Iterable[Path] = ()) -> str:
+    """One finished MLflow run holding the result of a command (cluster, generic params...)."""
+    quiet_mlflow()
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    rid = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+    ts = _now_ms()
+    ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v == v]
+    ps = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
+    for chunk in _chunks(ms, MAX_METRICS):
+        client.log_batch(rid, metrics=chunk)
+    for chunk in _chunks(ps, MAX_PARAMS):
+        client.log_batch(rid, params=chunk)
+    for f in files:
+        client.log_artifact(rid, str(f))
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
 class _Writer:
     """Client side of the writer process: send operations, get futures back."""
 

@@ -60,7 +60,16 @@ class PrunerSpec:
         return (step - self.min_resource) % self.interval == 0
 
 
-def make_pruner(name: str, model: Model) -> PrunerSpec:
+@dataclass(frozen=True)
+class Resources:
+    """A pruner's step budget when the steps are not the model's own (CV folds)."""
+
+    min_resource: int
+    max_resource: int
+    reduction_factor: int = 3
+
+
+def make_pruner(name: str, model: Model | Resources) -> PrunerSpec:
     """hyperband (default) | asha | median | none, sized by the model's step budget."""
     lo = model.min_resource
     if name == "hyperband":
@@ -122,20 +131,23 @@ class OpenedStudy:
 
 
 def check_study(name: str, storage: optuna.storages.BaseStorage,
-                attrs: dict[str, Any]) -> optuna.Study | None:
+                attrs: dict[str, Any], n_objectives: int = 1) -> optuna.Study | None:
     """The existing study `name`, or None; refuses one of another mode or split. Writes nothing."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we log created/loaded ourselves
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
-    if len(existing.directions) != 1:
+    if len(existing.directions) != n_objectives:
         raise ConfigError(
-            f"study {name!r} in this storage has {len(existing.directions)} objectives; "
-            f"it is not a single-objective log-loss study (use another --storage or study mode)"
+            f"study {name!r} in this storage has {len(existing.directions)} objective(s), this run "
+            f"has {n_objectives}: it belongs to another study mode (use another --storage or mode)"
         )
-    if existing.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ConfigError(f"study {name!r} in this storage maximises; tickertune minimises log loss")
+    if any(d != optuna.study.StudyDirection.MINIMIZE for d in existing.directions):
+        raise ConfigError(f"study {name!r} in this storage maximises; tickertune minimises")
+    if existing.user_attrs.get("cv_folds", 0) != attrs.get("cv_folds", 0):
+        raise ConfigError(f"study {name!r} was tuned with cv_folds={existing.user_attrs.get('cv_folds', 0)},"
+                          f" this run asks for {attrs.get('cv_folds', 0)}")
     split_keys = [k for k in attrs if k.endswith(("_start", "_end")) and k.split("_")[0] in
                   ("train", "val", "test")]
     recorded = {k: existing.user_attrs.get(k) for k in split_keys}
@@ -160,12 +172,13 @@ def open_study(
 
     The sampler seed is `seed + existing trials`, so a re-run continues the search
     instead of replaying the random start-up points of the first invocation."""
-    existing = check_study(name, storage, attrs)
+    n_objectives = 2 if attrs.get("multi_objective") else 1
+    existing = check_study(name, storage, attrs, n_objectives)
     n_existing = len(existing.trials) if existing is not None else 0
     sampler = optuna.samplers.TPESampler(seed=seed + n_existing, multivariate=True)
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, pruner=pruner.pruner,
-        direction=DIRECTION, load_if_exists=True,
+        directions=[DIRECTION] * n_objectives, load_if_exists=True,
     )
     created = existing is None
     if created:
@@ -306,6 +319,8 @@ class TrialContext:
     # Called with every complete trial's (number, value, FitResult, run id, params):
     # the registry keeps the best fitted models from it.
     on_complete: Callable[[int, float, Any, str | None, dict[str, Any]], None] | None = None
+    folds: list[Any] = field(default_factory=list)  # prepared data per walk-forward fold (CV mode)
+    multi_objective: bool = False  # return (val log loss, training seconds); no pruning
 
 
 def make_objective(
@@ -317,8 +332,9 @@ def make_objective(
     A failing trial's error text goes to `errors[trial.number]` (Optuna keeps none)."""
     model = ctx.model
     space_fixed = dict(ctx.fixed_overrides)
+    unit = "fold" if ctx.folds else model.step_unit
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         params = model.suggest_params(_FixingSpace(trial, space_fixed))
         fixed = model.fixed_params(seed=ctx.seed + trial.number)
         fixed.update({k: v for k, v in space_fixed.items() if k not in params})
@@ -333,30 +349,42 @@ def make_objective(
         }
         run = tracker.start_trial(
             trial.number, f"{model.name}-trial-{trial.number:04d}", {**fixed, **params}, tags,
-            model.step_unit, on_created=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+            unit, on_created=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
         )
         t0 = time.perf_counter()
         last = {"step": 0}
 
-        def reporter(step: int, metrics: dict[str, float]) -> None:
+        def report(step: int, value: float) -> None:
+            """One intermediate value to Optuna (not in multi-objective mode: Optuna has none)."""
             last["step"] = step
-            run.log_step(step, metrics)
-            trial.report(metrics[model.monitor], step)
+            if ctx.multi_objective:
+                return
+            trial.report(value, step)
             if pruner.decides_at(step) and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at {model.step_unit} {step}")
+                raise optuna.TrialPruned(f"pruned at {unit} {step}")
+
+        def reporter(step: int, metrics: dict[str, float]) -> None:
+            run.log_step(step, metrics)
+            report(step, metrics[model.monitor])
 
         state, error, end_tags = "FAIL", None, {}
+        all_params = {**fixed, **params}
         try:
-            result = model.fit({**fixed, **params}, ctx.prepared, reporter)
+            if ctx.folds:
+                result, train_seconds = _fit_folds(model, all_params, ctx.folds, run, report)
+            else:
+                t_fit = time.perf_counter()
+                result = model.fit(all_params, ctx.prepared, reporter)
+                train_seconds = time.perf_counter() - t_fit
             if not math.isfinite(result.value):
                 raise ValueError(f"objective value is {result.value}")
             run.log_metrics({**result.metrics, **ctx.final_metrics,
                              **result.extra.get("device_metrics", {}),
-                             "duration_s": time.perf_counter() - t0})
+                             "train_seconds": train_seconds, "duration_s": time.perf_counter() - t0})
             if ctx.on_complete is not None:
-                ctx.on_complete(trial.number, result.value, result, run.run_id(), {**fixed, **params})
+                ctx.on_complete(trial.number, result.value, result, run.run_id(), all_params)
             state = "COMPLETE"
-            return result.value
+            return (result.value, train_seconds) if ctx.multi_objective else result.value
         except optuna.TrialPruned:
             state = "PRUNED"
             end_tags["pruned_at_step"] = str(last["step"])
@@ -376,6 +404,27 @@ def make_objective(
             tracker.end_trial(trial.number, state, error, end_tags)
 
     return objective
+
+
+def _fit_folds(model: Model, params: dict[str, Any], folds: list[Any], run: Any,
+               report: Callable[[int, float], None]) -> tuple[Any, float]:
+    """Fit every walk-forward fold; report the running mean loss after each (step = fold)."""
+    import numpy as np
+
+    from tickertune.models.base import FitResult
+
+    losses, seconds, last = [], 0.0, None
+    for i, prepared in enumerate(folds, start=1):
+        t_fit = time.perf_counter()
+        last = model.fit(params, prepared, lambda step, metrics: None)
+        seconds += time.perf_counter() - t_fit
+        losses.append(last.value)
+        run.log_step(i, {"val_logloss": last.metrics["val_logloss"],
+                         "val_accuracy": last.metrics["val_accuracy"], "val_auc": last.metrics["val_auc"]})
+        report(i, float(np.mean(losses)))
+    mean = float(np.mean(losses))
+    metrics = {"val_logloss": mean, "val_logloss_std": float(np.std(losses)), "n_folds": float(len(folds))}
+    return FitResult(value=mean, metrics=metrics, steps=len(folds), model=None), seconds
 
 
 @dataclass
@@ -403,14 +452,17 @@ def run_study(
     def on_trial_end(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         added[t.state.name] += 1
         try:
-            best = f"best={st.best_value:.5f} (trial {st.best_trial.number})"
+            best = (f"pareto front: {len(st.best_trials)} trials" if ctx.multi_objective
+                    else f"best={st.best_value:.5f} (trial {st.best_trial.number})")
         except ValueError:
             best = "best=n/a"
         if t.state == optuna.trial.TrialState.COMPLETE:
-            what = f"val_logloss={t.value:.5f}"
+            what = (f"val_logloss={t.values[0]:.5f} train_seconds={t.values[1]:.2f}"
+                    if ctx.multi_objective else f"val_logloss={t.value:.5f}")
         elif t.state == optuna.trial.TrialState.PRUNED:
             steps = t.last_step if t.last_step is not None else 0
-            what = f"pruned after {steps} {ctx.model.step_unit}{'' if steps == 1 else 's'}"
+            unit = "fold" if ctx.folds else ctx.model.step_unit
+            what = f"pruned after {steps} {unit}{'' if steps == 1 else 's'}"
         else:
             what = "failed: " + errors.get(t.number, "unknown error").splitlines()[0][:200]
         dur = t.duration.total_seconds() if t.duration else 0.0
