@@ -22,7 +22,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from tickertune.features import LOOKBACK, compute_features
+from tickertune.features import compute_features
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,7 @@ def run_audit(ticker: str, storage_url: str, feature_fn: Callable[[pd.DataFrame]
     bars = load_bars(ticker, attrs.get("data_spec", "sample"), attrs.get("start") or None, attrs.get("end") or None)
     from tickertune.features import build_features
 
-    fs = build_features(bars.frame) if feature_fn is compute_features else _features_with(
-        bars.frame, feature_fn(bars.frame))
+    fs = build_features(bars.frame, feature_fn)
     split = chronological_split(fs, source=bars.source)
 
     pipelines, val_dates = {}, []
@@ -164,12 +163,3 @@ def run_audit(ticker: str, storage_url: str, feature_fn: Callable[[pd.DataFrame]
     checks.append(check_test_untouched(split, attrs, val_dates))
     return checks
 
-
-def _features_with(bars: pd.DataFrame, X: pd.DataFrame):
-    """A FeatureSet from a custom feature frame (the audit's test of a leaky feature)."""
-    from tickertune.features import FeatureSet
-
-    close = bars["close"].to_numpy(dtype=np.float64)
-    up = pd.Series(np.r_[close[1:] > close[:-1], False].astype(np.int8), index=bars.index)
-    X = X.iloc[LOOKBACK - 1: -1].dropna()
-    return FeatureSet(X=X, y=up.loc[X.index].to_numpy(dtype=np.int8), lookback=LOOKBACK)

@@ -9,6 +9,7 @@ and are dropped, and the splits use it as the minimum gap between segments.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -80,11 +81,15 @@ def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     return out.replace([np.inf, -np.inf], np.nan)
 
 
-def feature_matrix(bars: pd.DataFrame) -> pd.DataFrame:
+FeatureFn = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def feature_matrix(bars: pd.DataFrame, fn: FeatureFn = compute_features) -> pd.DataFrame:
     """Features of every row that has a full look-back (what a model sees, train or serve).
 
-    The last row is kept: at serving time it is the one that forecasts tomorrow."""
-    X = compute_features(bars)
+    The last row is kept: at serving time it is the one that forecasts tomorrow. `fn`
+    replaces the feature function (the audit uses it to plant a leaky feature)."""
+    X = fn(bars)
     # A flat volume window can leave a NaN z-score after warm-up; zero is "average volume".
     X = X.fillna({"volume_z_20": 0.0, "rsi_14": 0.5})
     keep = np.ones(len(X), dtype=bool)
@@ -93,9 +98,9 @@ def feature_matrix(bars: pd.DataFrame) -> pd.DataFrame:
     return X[keep]
 
 
-def build_features(bars: pd.DataFrame) -> FeatureSet:
+def build_features(bars: pd.DataFrame, fn: FeatureFn = compute_features) -> FeatureSet:
     """Features plus target; drops the warm-up rows and the last row (no next close)."""
-    X = feature_matrix(bars)
+    X = feature_matrix(bars, fn)
     close = bars["close"].to_numpy(dtype=np.float64)
     up = pd.Series(np.r_[close[1:] > close[:-1], False].astype(np.int8), index=bars.index)
     X = X[X.index < bars.index[-1]]
