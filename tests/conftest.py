@@ -39,3 +39,61 @@ def run_cli(args: list[str], cwd: Path, **kw):
     return subprocess.run([sys.executable, "-m", "tickertune", *args], cwd=cwd,
                           env=kw.pop("env", None) or cli_env(cwd), capture_output=True, text=True,
                           timeout=kw.pop("timeout", 600), **kw)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+# .ci/run starts the server and exports TICKERTUNE_TEST_PG (a fresh database); outside CI
+# the local server's `postgres` database is the default. Each test gets its own database.
+PG_ADMIN = os.environ.get("TICKERTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_problem() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[test]')"
+    try:
+        psycopg.connect(PG_ADMIN, connect_timeout=3).close()
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL at {PG_ADMIN} is not reachable: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> str:
+    """The admin URL of a reachable PostgreSQL; skipped outside CI when there is none."""
+    problem = _pg_problem()
+    if problem:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{problem} (under CI=true the PostgreSQL tests must run; .ci/run starts it)")
+        pytest.skip(problem)
+    return PG_ADMIN
+
+
+def _pg_execute(admin: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, connect_timeout=5, autocommit=True) as con:
+        con.execute(sql)
+
+
+def pg_database(admin: str, name: str) -> str:
+    """Create the (fresh) database `name` and return its URL."""
+    _pg_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _pg_execute(admin, f'CREATE DATABASE "{name}"')
+    return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(admin: str, name: str) -> None:
+    _pg_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def pg_url(pg_admin: str):
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    import uuid
+
+    name = f"tt_{uuid.uuid4().hex[:12]}"
+    url = pg_database(pg_admin, name)
+    yield url
+    drop_pg_database(pg_admin, name)

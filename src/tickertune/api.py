@@ -41,14 +41,26 @@ class TuneResult:
     evaluations: dict[str, Any] = field(default_factory=dict)  # model -> evaluation.Evaluation of rank-1
 
 
-def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
-    """Tune every model of `config` on its ticker; append `config.trials` trials to each study.
+@dataclass
+class _Plan:
+    """Everything checked before the first write: data, split, models, studies, tracking."""
 
-    `pruner`: an Optuna pruner object to use instead of `config.pruner` (asked at every step)."""
+    bars: Any
+    split: Any
+    folds: list[Any]
+    models: list[Any]
+    fixed: dict[str, dict[str, Any]]
+    study_attrs: dict[str, Any]
+    storage: Any  # storage.Storage
+    names: dict[str, str]  # model -> study name
+    tracker: Any
+
+
+def _plan(config: TuneConfig) -> _Plan:
+    """Run every check in the order that keeps bad input from writing anything."""
     from tickertune import tuning
     from tickertune.models import get_model
-    from tickertune.registry import Candidate, TopK
-    from tickertune.results import best_entry, write_best_params
+    from tickertune.storage import Heartbeat, open_storage
     from tickertune.tracking import MlflowTracker, NullTracker, check_reachable
 
     bars = load_bars(config.ticker, config.data, config.start, config.end)
@@ -78,13 +90,35 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         "created_by": code_version(),
     }
     n_obj = 2 if config.multi_objective else 1
-    # Every check before any write: storage and studies (read-only), then tracking.
-    storage = tuning.make_storage(config.storage_url)
+    # Storage and studies (read-only), then tracking.
+    storage = open_storage(config.storage_url, Heartbeat(config.heartbeat_interval, config.grace_period))
     names = {m.name: tuning.study_name(m.name, bars.ticker) + config.study_suffix for m in models}
     for m in models:
-        tuning.check_study(names[m.name], storage, study_attrs, n_obj)
+        tuning.check_study(names[m.name], storage.optuna, study_attrs, n_obj)
     tracker = MlflowTracker(config.tracking_url, config.experiment_name) if config.tracking else NullTracker()
     tracker.prepare()
+    return _Plan(bars, split, folds, models, fixed, study_attrs, storage, names, tracker)
+
+
+def preflight(config: TuneConfig) -> None:
+    """Check `config` as `tune` would (data, split, --set, storage, studies, tracking),
+    writing nothing; raises the same one-line errors."""
+    _plan(config)
+
+
+def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
+    """Tune every model of `config` on its ticker; append `config.trials` trials to each study.
+
+    `pruner`: an Optuna pruner object to use instead of `config.pruner` (asked at every step)."""
+    from tickertune import tuning
+    from tickertune.registry import Candidate, TopK
+    from tickertune.results import best_entry, write_best_params
+
+    plan = _plan(config)
+    bars, split, folds, models, fixed = plan.bars, plan.split, plan.folds, plan.models, plan.fixed
+    study_attrs, storage, names, tracker = plan.study_attrs, plan.storage.optuna, plan.names, plan.tracker
+    if tracker.enabled and plan.storage.stale is not None:
+        plan.storage.stale.listeners.append(tracker.close_stale_trial)
 
     result = TuneResult(config=config, tracking_uri=getattr(tracker, "tracking_uri", None))
     opened: dict[str, Any] = {}
@@ -103,14 +137,18 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
                 spec = tuning.make_pruner(config.pruner, tuning.Resources(1, config.cv_folds, 3)
                                           if folds else m)
             opened[m.name] = tuning.open_study(names[m.name], storage, spec, config.seed,
-                                               {**study_attrs, "model": m.name})
+                                               {**study_attrs, "model": m.name}, config.worker_id)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         parent_tags = {"ticker": bars.ticker, "models": ",".join(config.models),
                        "data_fingerprint": bars.fingerprint, "code_version": code_version(),
-                       "kind": "tuning"}
+                       "kind": "tuning", "storage_kind": plan.storage.kind,
+                       **({"worker_id": str(config.worker_id)} if config.worker_id else {})}
         parent_params = {**config.masked(), "data_rows": str(len(bars)), **split.dates()}
+        worker = f"-w{config.worker_id}" if config.worker_id else ""
         result.parent_run_id = tracker.start_parent(
-            f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}", parent_params, parent_tags)
+            f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}{worker}", parent_params, parent_tags)
+        if tracker.enabled:
+            tracker.close_dead_invocations()
         if tracker.enabled:
             log.info("tracking to %s (experiment id %s, parent run %s)",
                      mask_secrets(str(tracker.tracking_uri)), tracker.experiment_id, result.parent_run_id)

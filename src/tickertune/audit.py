@@ -125,7 +125,7 @@ def run_audit(ticker: str, storage_url: str, feature_fn: Callable[[pd.DataFrame]
     from tickertune.data import load_bars
     from tickertune.errors import NotFoundError
     from tickertune.splits import chronological_split
-    from tickertune.tuning import make_storage
+    from tickertune.storage import make_storage
 
     ticker = ticker.upper()
     if storage_url.startswith("sqlite:///") and not Path(storage_url[10:]).is_file():

@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the study database and best params go (default ./results)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a model parameter instead of searching it (repeatable)")
+    w = t.add_argument_group("parallel workers and crash recovery")
+    w.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="run N worker processes on the study, sharing --trials (default 1); "
+                   "use --storage postgresql://... (or journal:PATH on one machine)")
+    w.add_argument("--worker-id", type=int, default=0, metavar="I",
+                   help="distinct per worker started by hand (scripts/launch_workers.sh), so "
+                   "workers started together do not sample the same first points (default 0)")
+    w.add_argument("--heartbeat-interval", type=int, default=10, metavar="S",
+                   help="seconds between a running trial's heartbeats on SQLite/PostgreSQL "
+                   "storage; 0 turns crash recovery off (default 10)")
+    w.add_argument("--grace-period", type=int, default=30, metavar="S",
+                   help="seconds without a heartbeat before a trial's worker counts as dead: "
+                   "the trial is marked FAIL, retried once, its MLflow run closed (default 30)")
     bar = t.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
@@ -209,7 +222,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         start=args.start or None, end=args.end or None, results_dir=args.results_dir,
         fixed_params=_parse_set(args.set), progress=args.progress, top_k=args.top_k,
         device=args.device, cv_folds=args.cv_folds, multi_objective=args.multi_objective,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+        worker_id=args.worker_id,
     )
+    if args.workers > 1:
+        return _tune_workers(args, config)
     result = tune(config)
     print()
     for name, outcome in result.outcomes.items():
@@ -255,6 +272,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{result.tracking_errors[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _tune_workers(args: argparse.Namespace, config: Any) -> int:
+    """--workers N: check everything once here, then start N ordinary tune processes."""
+    from tickertune.api import preflight
+    from tickertune.config import mask_secrets
+    from tickertune.storage import kind_of
+    from tickertune.workers import launch
+
+    if kind_of(config.storage_url) == "sqlite":
+        log.warning("%d workers on one SQLite file: they take turns writing (busy timeout); "
+                    "for real parallel work use --storage postgresql://... or journal:PATH",
+                    args.workers)
+    preflight(config)  # bad input fails once, before any worker starts or anything is written
+    argv = args.argv[args.argv.index("tune") + 1:]
+    code = launch(argv, config.trials, args.workers, first_id=max(1, config.worker_id))
+    print(f"\n{args.workers} workers done; study storage: {mask_secrets(config.storage_url)} "
+          f"(tickertune studies --storage ... lists every trial)")
+    return code
 
 
 def _short(v: Any) -> str:
@@ -450,7 +486,9 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

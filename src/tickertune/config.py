@@ -51,6 +51,9 @@ class TuneConfig:
     device: str = "auto"  # transformer: auto | cpu | cuda
     cv_folds: int = 0  # > 1: walk-forward cross-validation with this many folds
     multi_objective: bool = False  # minimise (val log loss, training seconds); no pruning
+    heartbeat_interval: int = 10  # seconds; RDB storages (SQLite, PostgreSQL); 0 = off
+    grace_period: int = 30  # seconds without a heartbeat before a trial counts as dead
+    worker_id: int = 0  # distinct per parallel worker: its sampler starts elsewhere
 
     def __post_init__(self) -> None:
         self.ticker = self.ticker.strip().upper()
@@ -71,6 +74,13 @@ class TuneConfig:
             raise ConfigError(f"--trials must be at least 1 (got {self.trials})")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.worker_id < 0:
+            raise ConfigError(f"--worker-id must be 0 or more (got {self.worker_id})")
+        if self.heartbeat_interval < 0:
+            raise ConfigError(f"--heartbeat-interval must be 0 (off) or more (got {self.heartbeat_interval})")
+        if self.heartbeat_interval and self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(f"--grace-period ({self.grace_period} s) must be longer than "
+                              f"--heartbeat-interval ({self.heartbeat_interval} s)")
         from tickertune.models import MODEL_NAMES  # light: no heavy imports
 
         for m in self.models:

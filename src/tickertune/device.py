@@ -54,6 +54,18 @@ def _torch_gpus() -> list[dict[str, str]]:
             for i in range(torch.cuda.device_count())]
 
 
+THREADS_ENV = "TICKERTUNE_THREADS"
+
+
+def train_threads() -> int:
+    """CPU threads one trial trains with: $TICKERTUNE_THREADS (set per worker by
+    --workers), else all cores but one, which is left to the tuner and tracking writer."""
+    env = os.environ.get(THREADS_ENV, "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def device_tags(threads: int | None = None) -> dict[str, str]:
     """Tags describing this machine: device.cpu_model, device.cpu_threads, device.gpu_*."""
     tags = {

@@ -146,7 +146,7 @@ def held_out_segment(ticker: str, storage_url: str, study_names: list[str]) -> H
     from tickertune.data import load_bars
     from tickertune.features import build_features
     from tickertune.splits import chronological_split
-    from tickertune.tuning import make_storage
+    from tickertune.storage import make_storage
 
     if storage_url.startswith("sqlite:///") and not Path(storage_url[10:]).is_file():
         raise NotFoundError(f"no study database at {storage_url[10:]}; run: tickertune tune {ticker}")

@@ -4,7 +4,8 @@ During an invocation `TopK` keeps, in memory, the fitted models of this invocati
 best trials. At the end `register_top_k` merges them with the versions already
 registered for the study, logs and registers only the newcomers that are in the
 overall top-k, and points the aliases `rank-1` ... `rank-k` at the current top-k,
-so aliases move when a better trial arrives, including from a later invocation.
+so aliases move when a better trial arrives, including from a later invocation or a
+parallel worker (see `settle_aliases`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,30 @@ def _registered_versions(client: Any, name: str, study_name: str) -> list[tuple[
     return out
 
 
+def settle_aliases(client: Any, name: str, study_name: str, k: int, rounds: int = 5) -> list[Ranked]:
+    """Point rank-1..k at the study's best k registered versions, as the registry holds them now.
+
+    Parallel workers register and move aliases at the same time. Each one re-reads the
+    registry after writing and repeats until what it reads is consistent, so whichever
+    worker writes last has seen every registration before it: the aliases end at the
+    true top-k without a lock."""
+    ranked: list[Ranked] = []
+    for _ in range(rounds):
+        top = sorted(_registered_versions(client, name, study_name), key=lambda e: (e[0], e[1]))[:k]
+        ranked = [Ranked(ALIAS.format(i), v, t, val, False) for i, (val, t, v) in enumerate(top, start=1)]
+        current = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()} if top else {}
+        wanted = {r.alias: r.version for r in ranked}
+        stale = [a for a in current if a.startswith("rank-") and a[5:].isdigit() and a not in wanted]
+        if current.items() >= wanted.items() and not stale:
+            return ranked
+        for alias, version in wanted.items():
+            if current.get(alias) != version:
+                client.set_registered_model_alias(name, alias, version)
+        for alias in stale:  # fewer entries than before (a smaller --top-k)
+            client.delete_registered_model_alias(name, alias)
+    return ranked
+
+
 def register_top_k(
     *,
     ticker: str,
@@ -107,33 +132,27 @@ def register_top_k(
              if c.trial_number not in known and c.run_id is not None]
     top = sorted(pool, key=lambda e: (e[0], e[1]))[:k]
 
-    ranked: list[Ranked] = []
-    for i, (value, trial, ref) in enumerate(top, start=1):
-        if isinstance(ref, Candidate):
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp)
-                exported = model.export(ref.fit, prepared, out)
-                save_model_dir(out, model.name, exported, {
-                    **meta, "trial_number": trial, "val_logloss": value, "params": ref.params,
-                    **({"window": ref.params["window"]} if "window" in ref.params else {}),
-                }, val_dates, ref.fit.extra["val_proba"])
-                info = log_bars_model(ref.run_id, {"model_dir": str(out)}, BarsModel,
-                                      example_bars(bars, 120), {model.name})
-            tags = {"study_name": study_name, "trial_number": str(trial), "val_logloss": repr(value),
-                    "data_fingerprint": str(meta.get("data_fingerprint")), "ticker": ticker,
-                    "model": model.name}
-            with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines
-                mv = mlflow.register_model(info.model_uri, name, tags=tags)
-            version, new = str(mv.version), True
-        else:
-            version, new = str(ref), False
-        client.set_registered_model_alias(name, ALIAS.format(i), version)
-        ranked.append(Ranked(ALIAS.format(i), version, trial, value, new))
-    if top:
-        # Fewer entries than before (a smaller --top-k): drop the stale rank aliases.
-        for alias in client.get_registered_model(name).aliases:
-            if alias.startswith("rank-") and alias[5:].isdigit() and int(alias[5:]) > len(top):
-                client.delete_registered_model_alias(name, alias)
+    new_versions: set[str] = set()
+    for value, trial, ref in top:
+        if not isinstance(ref, Candidate):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            exported = model.export(ref.fit, prepared, out)
+            save_model_dir(out, model.name, exported, {
+                **meta, "trial_number": trial, "val_logloss": value, "params": ref.params,
+                **({"window": ref.params["window"]} if "window" in ref.params else {}),
+            }, val_dates, ref.fit.extra["val_proba"])
+            info = log_bars_model(ref.run_id, {"model_dir": str(out)}, BarsModel,
+                                  example_bars(bars, 120), {model.name})
+        tags = {"study_name": study_name, "trial_number": str(trial), "val_logloss": repr(value),
+                "data_fingerprint": str(meta.get("data_fingerprint")), "ticker": ticker,
+                "model": model.name}
+        with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines
+            mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        new_versions.add(str(mv.version))
+    ranked = [Ranked(r.alias, r.version, r.trial_number, r.value, r.version in new_versions)
+              for r in settle_aliases(client, name, study_name, k)] if top else []
     for r in ranked:
         log.info("registry: %s@%s -> version %s (trial %d, val_logloss %.5f)%s", name, r.alias,
                  r.version, r.trial_number, r.value, " new" if r.new else "")

@@ -70,7 +70,7 @@ def _load_studies(ticker: str, storage_url: str) -> list[Any]:
         raise missing  # checked first: opening the storage would create the file
     import optuna
 
-    from tickertune.tuning import make_storage
+    from tickertune.storage import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url)

@@ -16,7 +16,7 @@ def list_studies(storage_url: str) -> list[list[Any]]:
                             f"run: tickertune tune TICKER")
     import optuna
 
-    from tickertune.tuning import make_storage
+    from tickertune.storage import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url)

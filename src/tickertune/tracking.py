@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -270,6 +271,10 @@ class TrialRun:
         self._created = created
         self._on_created = on_created
         self._linked = False
+        self._link_lock = threading.Lock()
+        # Link the trial to its run as soon as the run exists (on the results thread), so a
+        # worker killed mid-trial leaves a study that names the run to close.
+        created.add_done_callback(lambda f: None if f.exception() else self._link(f.result()))
         self._prefix = f"{step_unit}/"
         self._metrics: list[tuple[str, float, int, int]] = []  # key, value, timestamp, step
         self._ended = False
@@ -292,10 +297,18 @@ class TrialRun:
             rid = self._created.result(timeout=timeout)
         except Exception:  # noqa: BLE001 - already reported by the writer
             return None
-        if not self._linked and self._on_created is not None:
-            self._linked = True
-            self._on_created(rid)
+        self._link(rid)  # waits if the results thread is linking right now
         return rid
+
+    def _link(self, rid: str) -> None:
+        with self._link_lock:
+            if self._linked or self._on_created is None:
+                return
+            self._linked = True
+            try:
+                self._on_created(rid)
+            except Exception as exc:  # noqa: BLE001 - e.g. the trial already ended
+                log.debug("could not link run %s to its trial: %s", rid, exc)
 
     def end(self, state: str, error: str | None = None, tags: dict[str, str] | None = None) -> None:
         """Queue the buffered metrics and the final status (COMPLETE/PRUNED/FAIL)."""
@@ -370,7 +383,9 @@ class MlflowTracker:
             self.parent_run_id = env_run
             existing = dict(self._env_run.data.params)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            # host and pid let a later invocation on this host close the run if we are killed
+            owner = {"tickertune.host": socket.gethostname(), "tickertune.pid": str(os.getpid())}
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **owner})
             self.parent_run_id = run.info.run_id
             self._owns_parent = True
             existing = {}
@@ -450,6 +465,59 @@ class MlflowTracker:
         if run is not None:
             run.end(state, error, tags)
 
+    # -- dead workers ---------------------------------------------------------------------
+    def close_stale_trial(self, study: Any, trial: Any) -> None:
+        """A trial whose worker died (Optuna saw its heartbeat stop): close its run and the
+        dead invocation's parent run as FAILED. Called from the storage's stale callback."""
+        rid = trial.user_attrs.get("mlflow_run_id")
+        if rid:
+            runs = [self.client.get_run(rid)]
+        else:  # killed before the link landed: find the run by its tags
+            runs = self.client.search_runs(
+                [self.experiment_id], f"tags.study_name = '{study.study_name}' and "
+                f"tags.trial_number = '{trial.number}' and attributes.status = 'RUNNING'")
+        why = (f"the worker running trial {trial.number} stopped sending heartbeats (killed or "
+               f"lost); Optuna marked the trial FAIL and queued its params for a retry")
+        for run in runs:
+            # FAILED already when this host saw the dead process first: add why, once.
+            if run.info.status == "RUNNING" or (run.info.status == "FAILED" and "stale" not in run.data.tags):
+                self._fail_run(run.info.run_id, why, {"trial_state": "FAIL", "stale": "true"})
+                log.warning("closed MLflow run %s of dead trial %d as FAILED", run.info.run_id, trial.number)
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if parent and parent != self.parent_run_id:
+                self._fail_invocation(parent, f"a worker died: {why}")
+
+    def close_dead_invocations(self) -> None:
+        """Close as FAILED the parent runs (and their open trial runs) of tickertune
+        processes on this host that are gone without ending them (kill -9, power loss)."""
+        host = socket.gethostname()
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`tickertune.host` = '{host}' and attributes.status = 'RUNNING'",
+            max_results=1000)
+        for run in runs:
+            pid = run.data.tags.get("tickertune.pid", "")
+            if run.info.run_id == self.parent_run_id or not pid.isdigit() or _alive(int(pid)):
+                continue
+            self._fail_invocation(run.info.run_id, f"its process (pid {pid} on {host}) ended "
+                                  f"without closing the run (killed?)")
+
+    def _fail_invocation(self, parent_id: str, why: str) -> None:
+        """Close a dead invocation's parent run and any of its trial runs still RUNNING."""
+        children = self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
+            f"attributes.status = 'RUNNING'", max_results=1000)
+        for child in children:
+            self._fail_run(child.info.run_id, why, {"trial_state": "FAIL"})
+        if self.client.get_run(parent_id).info.status == "RUNNING":
+            self._fail_run(parent_id, why, {})
+            log.warning("closed MLflow parent run %s as FAILED: %s", parent_id, why)
+
+    def _fail_run(self, run_id: str, why: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag("error", why), *(RunTag(k, v) for k, v in tags.items())])
+        self.client.set_terminated(run_id, status="FAILED")
+
     # -- end ------------------------------------------------------------------------------
     def finish(self, status: str = "FINISHED") -> list[str]:
         """Close any open trial run as FAILED, drain the queue, end the parent if ours.
@@ -462,6 +530,16 @@ class MlflowTracker:
         if self._owns_parent and self.parent_run_id:
             self.client.set_terminated(self.parent_run_id, status=status)
         return list(self.writer.errors) if self.writer is not None else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class NullTrialRun:

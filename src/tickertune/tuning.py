@@ -11,23 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 
-from tickertune.config import mask_secrets
 from tickertune.errors import ConfigError
 from tickertune.models.base import Model, ParamSpace
 
 log = logging.getLogger("tickertune")
 
 DIRECTION = "minimize"  # validation log loss
+WORKER_SEED_STRIDE = 100_003  # a prime, far beyond any study's trial count
 
 
 def study_name(model: str, ticker: str) -> str:
@@ -87,41 +85,6 @@ def make_pruner(name: str, model: Model | Resources) -> PrunerSpec:
     raise ConfigError(f"unknown pruner {name!r}")
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the study storage at `url`.
-
-    SQLite files use WAL journaling with synchronous=NORMAL: a report costs about half
-    (one write per boosting round adds up), readers such as optuna-dashboard do not
-    block writers, and a crashed process cannot corrupt the file."""
-    kwargs: dict[str, Any] = {}
-    try:
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            path = Path(url[len("sqlite:///"):])
-            if path.is_dir():
-                raise ConfigError(f"study storage {url} is a directory, not a database file")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with sqlite3.connect(path, timeout=30) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-            kwargs = {"engine_kwargs": {"connect_args": {"timeout": 30}}}
-        storage = optuna.storages.RDBStorage(url, **kwargs)
-    except ConfigError:
-        raise
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL / down server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot open study storage {mask_secrets(url)}: {mask_secrets(first)}") from None
-    if kwargs:
-        from sqlalchemy import event
-
-        @event.listens_for(storage.engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        storage.engine.dispose()  # reconnect with the pragma
-    return storage
-
-
 @dataclass
 class OpenedStudy:
     study: optuna.Study
@@ -167,15 +130,18 @@ def open_study(
     pruner: PrunerSpec,
     seed: int,
     attrs: dict[str, Any],
+    worker_id: int = 0,
 ) -> OpenedStudy:
     """Create `name` or load it (load_if_exists), refusing a study of another mode or split.
 
-    The sampler seed is `seed + existing trials`, so a re-run continues the search
-    instead of replaying the random start-up points of the first invocation."""
+    The sampler seed is `seed + existing trials` (+ a stride per worker id), so a re-run
+    continues the search instead of replaying the random start-up points of the first
+    invocation, and parallel workers started together do not sample the same points."""
     n_objectives = 2 if attrs.get("multi_objective") else 1
     existing = check_study(name, storage, attrs, n_objectives)
     n_existing = len(existing.trials) if existing is not None else 0
-    sampler = optuna.samplers.TPESampler(seed=seed + n_existing, multivariate=True)
+    sampler = optuna.samplers.TPESampler(seed=seed + n_existing + WORKER_SEED_STRIDE * worker_id,
+                                         multivariate=True)
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, pruner=pruner.pruner,
         directions=[DIRECTION] * n_objectives, load_if_exists=True,

@@ -8,7 +8,6 @@ rows are in the past of the row being predicted, so no future information leaks.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 
 from tickertune.errors import ConfigError
 from tickertune.metrics import accuracy, classification_metrics, log_loss
+from tickertune.device import train_threads
 from tickertune.models.base import FitResult, ParamSpace, Reporter
 from tickertune.splits import Split
 
@@ -214,7 +214,7 @@ class TransformerModel:
             "amp": cuda,
             # One core is left to the tracking writer and the tuner: on a shared 2-core
             # machine two torch threads stall badly whenever another process runs.
-            "num_threads": max(1, (os.cpu_count() or 2) - 1),
+            "num_threads": train_threads(),
         }
 
     def prepare(self, split: Split, windows: tuple[int, ...] = WINDOWS) -> PreparedTransformer:

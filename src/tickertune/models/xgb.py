@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pandas as pd
 import xgboost as xgb
 
 from tickertune.metrics import classification_metrics
+from tickertune.device import train_threads
 from tickertune.models.base import FitResult, ParamSpace, Reporter
 from tickertune.splits import Split
 
@@ -57,8 +57,9 @@ class XGBoostModel:
             "tree_method": "hist",
             "early_stopping_rounds": EARLY_STOPPING_ROUNDS,
             # One core is left to the tuner and the tracking writer (on 2 cores: ~5% slower
-            # untracked, but tracked trials no longer fight the writer for the CPU).
-            "nthread": max(1, (os.cpu_count() or 2) - 1),
+            # untracked, but tracked trials no longer fight the writer for the CPU); parallel
+            # workers share the cores (device.train_threads).
+            "nthread": train_threads(),
             "seed": seed,
         }
 

@@ -1,0 +1,98 @@
+"""A worker killed with SIGKILL mid-trial: the next run fails the trial, retries its
+params once and closes the dead worker's MLflow runs as FAILED (heartbeats)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import SHORT, cli_env, run_cli
+
+# Short heartbeats so the test need not wait the default 30 s grace period.
+BEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
+TUNE = ["tune", "AAPL", "--model", "transformer", "--pruner", "none", "--set", "max_epochs=4",
+        "--set", "window=10", "--start", SHORT["start"], "--end", SHORT["end"], "--no-progress", *BEAT]
+STUDY = "transformer_tuning_AAPL"
+
+
+def _running_trial(storage: str) -> optuna.trial.FrozenTrial | None:
+    """The RUNNING trial once it is linked to its MLflow run and has reported an epoch."""
+    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+        return None  # not created yet (and reading must not create it)
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=storage)
+    except KeyError:
+        return None
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "RUNNING" and t.intermediate_values and "mlflow_run_id" in t.user_attrs:
+            return t
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_mid_trial_is_failed_retried_and_its_runs_closed(tmp_path, backend, request):
+    storage = (request.getfixturevalue("pg_url") if backend == "postgresql"
+               else f"sqlite:///{tmp_path}/results/tuning.db")
+    env = cli_env(tmp_path)
+    err = open(tmp_path / "first.txt", "w")
+    first = subprocess.Popen([sys.executable, "-m", "tickertune", *TUNE, "--trials", "5",
+                              "--storage", storage], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+        victim = _running_trial(storage)
+    assert victim is not None, (tmp_path / "first.txt").read_text()
+    os.kill(first.pid, signal.SIGKILL)  # the tuning process only, as a crash or the OOM killer would
+    assert first.wait(timeout=30) == -signal.SIGKILL
+
+    # The next run, after the grace period: the dead trial fails, its params come back once.
+    time.sleep(3)
+    r = run_cli([*TUNE, "--trials", "2", "--storage", storage], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"trial {victim.number} of {STUDY} stopped sending heartbeats" in r.stderr
+
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    assert by_number[victim.number].state.name == "FAIL"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1
+    assert retries[0].params == victim.params
+    assert retries[0].state.name == "COMPLETE"
+    assert retries[0].number > victim.number
+    assert "RUNNING" not in {t.state.name for t in trials}
+    assert len({t.number for t in trials}) == len(trials)
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("tickertune")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]
+    dead_parent = next(r for r in parents if r.info.status == "FAILED")
+    assert "ended without closing the run" in dead_parent.data.tags["error"] or \
+        "stopped sending heartbeats" in dead_parent.data.tags["error"]
+    trial_runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    # Exactly one run per trial, each with the status of its trial.
+    assert Counter(int(r.data.tags["trial_number"]) for r in trial_runs) == Counter(list(by_number))
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    for run in trial_runs:
+        assert run.info.status == status[by_number[int(run.data.tags["trial_number"])].state.name]
+    dead = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags["stale"] == "true"
+    assert dead.data.tags["mlflow.parentRunId"] == dead_parent.info.run_id
+    assert "stopped sending heartbeats" in dead.data.tags["error"]
+    retry_run = client.get_run(by_number[retries[0].number].user_attrs["mlflow_run_id"])
+    assert retry_run.info.status == "FINISHED"
+    assert retry_run.info.run_id != dead.info.run_id
