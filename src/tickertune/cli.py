@@ -493,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a URL may hold a password
     try:
         return args.func(args)
     except TickertuneError as exc:

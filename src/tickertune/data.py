@@ -106,6 +106,8 @@ def load_bars(
         source = f"sample {ticker}.csv"
     elif spec.kind == "csv":
         assert spec.path is not None
+        if spec.path.is_dir():
+            raise DataError(f"{spec.path}: is a directory, not a CSV file")
         if not spec.path.is_file():
             raise DataError(f"{spec.path}: file not found")
         raw = _read_csv(spec.path, compression="infer", label=str(spec.path))

@@ -27,6 +27,7 @@ import optuna
 
 from tickertune.config import mask_secrets
 from tickertune.errors import ConfigError
+from tickertune.dbinit import open_store
 
 log = logging.getLogger("tickertune")
 
@@ -108,7 +109,8 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
                 "heartbeat_stale_trial_callback": stale} if stale else {}
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, **beat)
+            storage = open_store(url, lambda: optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs or None, **beat))
     except ConfigError:
         raise
     except ImportError:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tickertune.config import mask_secrets
+from tickertune.dbinit import open_store
 from tickertune.errors import ConfigError
 
 log = logging.getLogger("tickertune")
@@ -54,6 +55,8 @@ def quiet_mlflow() -> None:
     """Import mlflow with its INFO chatter (migrations, validation notes) turned down."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Its "View run at <url>" lines would print a tracking URL's password.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow  # noqa: F401 - sets its own log levels on import; ours must come after
 
     for name in ("alembic", "mlflow"):
@@ -64,12 +67,21 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
     """Fail fast (and before anything is written) when a tracking server does not answer."""
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.error
+    import urllib.parse
     import urllib.request
 
-    url = tracking_uri.rstrip("/") + "/health"
+    # user:password@ in the URL is MLflow's basic auth: urllib wants it as a header.
+    parts = urllib.parse.urlsplit(tracking_uri.rstrip("/") + "/health")
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    if parts.username is not None:
+        creds = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(creds.encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user's own server
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - user's own server
             if resp.status == 200:
                 return
             problem = f"HTTP {resp.status}"
@@ -79,6 +91,13 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
         problem = str(getattr(exc, "reason", exc))
     raise ConfigError(f"MLflow tracking server {mask_secrets(tracking_uri)} is not reachable "
                       f"({problem}); start it or pass --no-tracking")
+
+
+def open_client(tracking_uri: str) -> Any:
+    """An MlflowClient whose store is open (schema created or migrated)."""
+    from mlflow.tracking import MlflowClient
+
+    return open_store(tracking_uri, lambda: MlflowClient(tracking_uri))
 
 
 def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int) -> None:
@@ -336,12 +355,11 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
         quiet_mlflow()
         import mlflow
-        from mlflow.tracking import MlflowClient
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
         self.tracking_uri = mlflow.get_tracking_uri()
-        self.client = MlflowClient(self.tracking_uri)
+        self.client: Any = None  # opened by prepare()
         self.experiment_name = experiment_name
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -356,6 +374,7 @@ class MlflowTracker:
         Called before any study is created, so a bad URI or a stale MLFLOW_RUN_ID stops
         the invocation with one line and no study written."""
         try:
+            self.client = open_client(self.tracking_uri)
             env_run = os.environ.get("MLFLOW_RUN_ID")
             if env_run:
                 self._env_run = self.client.get_run(env_run)
