@@ -289,3 +289,38 @@ def test_secrets_in_urls_are_masked(server: Server, pg_url: str, tmp_path: Path)
                    tmp_path, env=_env(tmp_path, tracking))
     _secret_checks(proc, server, tmp_path, storage, "AMZN", "secrets-basic-auth",
                    masked_tracking=tracking.replace(SECRET, "***"))
+
+
+# -- c. workers on a shared storage and one tracking server (the multi-machine setup) -----
+def test_launch_workers_against_postgres_and_the_server(server: Server, pg_url: str, tmp_path: Path):
+    """What each machine runs: scripts/launch_workers.sh with one storage URL and one server.
+    Two workers (ids 3 and 4, as a second machine would use) on a fresh study."""
+    import optuna
+
+    experiment = "tickertune-launch"
+    env = _env(tmp_path, server.uri, TICKERTUNE_STORAGE=pg_url, MLFLOW_EXPERIMENT_NAME=experiment,
+               PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "launch_workers.sh"), "NFLX", "--workers", "2", "--first-id", "3",
+         "--", "--trials", "6", "--model", "xgb", *DATES, "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, _explain(proc, server)
+    assert "2 worker(s) with ids 3..4" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+    study = optuna.load_study(study_name="xgb_tuning_NFLX", storage=pg_url)
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(6))
+    client = _client(server.uri)
+    runs = _all_runs(client, experiment)
+    parents = {r.info.run_id: r for r in runs if PARENT not in r.data.tags}
+    assert sorted(p.data.tags["worker_id"] for p in parents.values()) == ["3", "4"]
+    assert all(p.info.status == "FINISHED" for p in parents.values())
+    children = [r for r in runs if PARENT in r.data.tags]
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == list(range(6))
+    assert all(r.data.tags[PARENT] in parents for r in children)
+    for r in children:
+        t = trials[int(r.data.tags["trial_number"])]
+        assert r.info.status == RUN_STATUS[t.state.name]
+    best = client.get_model_version_by_alias("tickertune-NFLX-xgb", "rank-1")
+    assert int(best.tags["trial_number"]) == study.best_trial.number

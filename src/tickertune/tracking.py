@@ -105,6 +105,7 @@ def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int
     # Ctrl-C in a terminal reaches the whole process group: the tuner handles it and
     # then tells the writer to drain and stop; the writer must not die half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # also a process group's TERM: drain first
     try:
         os.nice(WRITER_NICE)
     except OSError:
