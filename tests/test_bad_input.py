@@ -413,7 +413,7 @@ ROWS: dict[str, Row] = {
     # -- study storage that cannot be used
     "storage-pg-refused": Row(_pg_refused(), needs=("pg",)),
     "storage-pg-silent": Row(_pg_silent, needs=("pg", "silent")),
-    "storage-pg-short-scheme-refused": Row(_pg_refused("postgres", "postgresql"), needs=("pg",)),
+    "storage-pg-short-scheme-refused": Row(_pg_refused("postgres", "postgres"), needs=("pg",)),
     "storage-pg-no-driver": Row(_pg_no_driver, needs=("no-driver",)),
     "storage-sqlite-parent-is-a-file": Row(_sqlite_parent_is_file),
     "storage-sqlite-directory": Row(_sqlite_directory),

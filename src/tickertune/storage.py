@@ -101,16 +101,16 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
         if kind == "sqlite":
             engine_kwargs = _prepare_sqlite(url)
         elif kind == "postgresql":
-            if url.startswith("postgres:"):  # SQLAlchemy only knows the long name
-                url = "postgresql:" + url[len("postgres:"):]
             engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
         stale = StaleTrials() if heartbeat and heartbeat.interval else None
         beat = {"heartbeat_interval": heartbeat.interval, "grace_period": heartbeat.grace_period,
                 "heartbeat_stale_trial_callback": stale} if stale else {}
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # SQLAlchemy knows PostgreSQL only by its long name; messages keep the user's URL.
+            engine_url = "postgresql:" + url[len("postgres:"):] if url.startswith("postgres:") else url
             storage = open_store(url, lambda: optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs or None, **beat))
+                engine_url, engine_kwargs=engine_kwargs or None, **beat))
     except ConfigError:
         raise
     except ImportError:

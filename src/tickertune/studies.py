@@ -56,11 +56,18 @@ def run_sql(storage_url: str, query: str) -> tuple[list[str], list[tuple]]:
                 return [d[0] for d in cur.description or []], cur.fetchall()
         except sqlite3.Error as exc:
             raise ConfigError(f"sql: {exc}") from None
+    if storage_url.startswith("journal:"):
+        raise ConfigError(f"sql: {storage_url} is a journal file, not a database; "
+                          f"use 'tickertune studies --storage {storage_url}'")
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
+    from tickertune.storage import CONNECT_TIMEOUT, kind_of
+
+    url = "postgresql:" + storage_url[len("postgres:"):] if storage_url.startswith("postgres:") else storage_url
     try:
-        engine = create_engine(storage_url)
+        engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT}
+                               if kind_of(url) == "postgresql" else {})
         with engine.connect() as conn:
             try:
                 result = conn.execute(text(query))
