@@ -69,8 +69,9 @@ def test_sigint_stops_every_worker(tmp_path):
             break
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGINT)
-    assert p.wait(timeout=120) == 130
+    code = p.wait(timeout=120)
     text = (tmp_path / "err.txt").read_text()
+    assert code == 130, "\n".join(line for line in text.splitlines() if "] trial " not in line)
     assert "[w1] tickertune: interrupted; finished trials are saved" in text
     assert "[w2] tickertune: interrupted; finished trials are saved" in text
 

@@ -100,10 +100,11 @@ def _plan(config: TuneConfig) -> _Plan:
     return _Plan(bars, split, folds, models, fixed, study_attrs, storage, names, tracker)
 
 
-def preflight(config: TuneConfig) -> None:
+def preflight(config: TuneConfig) -> str | None:
     """Check `config` as `tune` would (data, split, --set, storage, studies, tracking),
-    writing nothing; raises the same one-line errors."""
-    _plan(config)
+    writing no study and no run; raises the same one-line errors. Returns the MLflow
+    experiment id the runs will go to (None without tracking)."""
+    return getattr(_plan(config).tracker, "experiment_id", None)
 
 
 def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:

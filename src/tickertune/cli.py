@@ -286,9 +286,14 @@ def _tune_workers(args: argparse.Namespace, config: Any) -> int:
         log.warning("%d workers on one SQLite file: they take turns writing (busy timeout); "
                     "for real parallel work use --storage postgresql://... or journal:PATH",
                     args.workers)
-    preflight(config)  # bad input fails once, before any worker starts or anything is written
+    experiment_id = preflight(config)  # bad input fails once, before any worker starts
+    env = {}
+    if os.environ.get("MLFLOW_RUN_ID"):
+        # Under `mlflow run`: each worker is its own parent run in the project run's
+        # experiment (N processes cannot share one parent's params and summary).
+        env = {"MLFLOW_RUN_ID": None, "MLFLOW_EXPERIMENT_ID": experiment_id}
     argv = args.argv[args.argv.index("tune") + 1:]
-    code = launch(argv, config.trials, args.workers, first_id=max(1, config.worker_id))
+    code = launch(argv, config.trials, args.workers, first_id=max(1, config.worker_id), env=env)
     print(f"\n{args.workers} workers done; study storage: {mask_secrets(config.storage_url)} "
           f"(tickertune studies --storage ... lists every trial)")
     return code

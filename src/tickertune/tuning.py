@@ -8,14 +8,17 @@ trial's real end state: COMPLETE, PRUNED or FAIL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 
@@ -291,11 +294,13 @@ class TrialContext:
 
 def make_objective(
     ctx: TrialContext, study: optuna.Study, tracker: Any, pruner: PrunerSpec,
-    errors: dict[int, str] | None = None,
+    errors: dict[int, str] | None = None, stop: "StopRequest | None" = None,
 ) -> Callable[[optuna.Trial], float]:
     """The objective: suggest, fit with a pruning reporter, record, return val log loss.
 
-    A failing trial's error text goes to `errors[trial.number]` (Optuna keeps none)."""
+    A failing trial's error text goes to `errors[trial.number]` (Optuna keeps none).
+    `stop`: a Ctrl-C seen while trials run ends the trial at its next step."""
+    stop = stop or StopRequest()
     model = ctx.model
     space_fixed = dict(ctx.fixed_overrides)
     unit = "fold" if ctx.folds else model.step_unit
@@ -323,6 +328,7 @@ def make_objective(
         def report(step: int, value: float) -> None:
             """One intermediate value to Optuna (not in multi-objective mode: Optuna has none)."""
             last["step"] = step
+            stop.check()
             if ctx.multi_objective:
                 return
             trial.report(value, step)
@@ -336,6 +342,7 @@ def make_objective(
         state, error, end_tags = "FAIL", None, {}
         all_params = {**fixed, **params}
         try:
+            stop.check()
             if ctx.folds:
                 result, train_seconds = _fit_folds(model, all_params, ctx.folds, run, report)
             else:
@@ -393,6 +400,49 @@ def _fit_folds(model: Model, params: dict[str, Any], folds: list[Any], run: Any,
     return FitResult(value=mean, metrics=metrics, steps=len(folds), model=None), seconds
 
 
+class StopRequest:
+    """Set by the first Ctrl-C (or SIGTERM) while trials run; checked at every step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("interrupted by the user (Ctrl-C)")
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[StopRequest]:
+    """While trials run, the first Ctrl-C/SIGTERM ends the current trial at its next
+    step (never between Optuna creating a trial and its MLflow run existing); a second
+    one stops at once. Elsewhere, and off the main thread, signals are left alone."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt(f"signal {signum}")
+        stop.requested = True
+        print("tickertune: stopping at the current trial's next step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGINT as Python sets it (not ignored, as in a background job); SIGTERM only where
+    # the caller made it an interrupt (the CLI does), never where it would terminate.
+    if previous[signal.SIGINT] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+    if previous[signal.SIGTERM] not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        signal.signal(signal.SIGTERM, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            if old is not None:
+                signal.signal(sig, old)
+
+
 @dataclass
 class StudyOutcome:
     """The study after this invocation, and what this invocation added."""
@@ -443,10 +493,12 @@ def run_study(
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     try:
-        study.optimize(
-            make_objective(ctx, study, tracker, opened.pruner, errors), n_trials=n_trials,
-            callbacks=[on_trial_end], catch=(Exception,), gc_after_trial=False,
-        )
+        with graceful_stop() as stop:
+            study.optimize(
+                make_objective(ctx, study, tracker, opened.pruner, errors, stop), n_trials=n_trials,
+                callbacks=[on_trial_end, lambda st, t: stop.check()], catch=(Exception,),
+                gc_after_trial=False,
+            )
     finally:
         if bar is not None:
             bar.close()

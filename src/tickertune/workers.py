@@ -37,17 +37,23 @@ def _pump(src: IO[str], dst: IO[str], prefix: str) -> None:
         dst.flush()
 
 
-def launch(argv: Sequence[str], trials: int, workers: int, first_id: int = 1) -> int:
-    """Run the workers to their end; 130 if interrupted, else the first non-zero exit code."""
-    env = dict(os.environ)
-    env[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // workers))
+def launch(argv: Sequence[str], trials: int, workers: int, first_id: int = 1,
+           env: dict[str, str | None] | None = None) -> int:
+    """Run the workers to their end; 130 if interrupted, else the first non-zero exit code.
+
+    `env`: changes to the workers' environment (None removes a variable)."""
+    changes = {THREADS_ENV: str(max(1, (os.cpu_count() or 1) // workers)), **(env or {})}
+    env = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
     procs: list[tuple[int, subprocess.Popen]] = []
     pumps: list[threading.Thread] = []
     for i, n in enumerate(shares(trials, workers)):
         wid = first_id + i
         p = subprocess.Popen([sys.executable, "-m", "tickertune", "tune",
                               *worker_argv(argv, n, wid)], env=env, text=True, bufsize=1,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             # Own process group: a terminal's Ctrl-C reaches this process
+                             # only, which passes on exactly one SIGINT per press.
+                             process_group=0)
         procs.append((wid, p))
         for src, dst in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
             t = threading.Thread(target=_pump, args=(src, dst, f"[w{wid}] "), daemon=True)
@@ -60,8 +66,8 @@ def launch(argv: Sequence[str], trials: int, workers: int, first_id: int = 1) ->
             codes = [p.wait() for _, p in procs]
             break
         except KeyboardInterrupt:
-            # Ctrl-C in a terminal reaches the workers too; a SIGINT to this process alone
-            # is passed on. Each worker ends its trial, closes its runs and exits 130.
+            # Each worker ends its trial at its next step, closes its runs and exits 130;
+            # a second Ctrl-C stops them at once.
             interrupted = True
             for _, p in procs:
                 if p.poll() is None:
