@@ -7,7 +7,8 @@
 #   scripts/launch_workers.sh AAPL --workers 2 --first-id 1 -- --trials 100 --model xgb  # machine A
 #   scripts/launch_workers.sh AAPL --workers 2 --first-id 3 -- --trials 100 --model xgb  # machine B
 #
-# Each machine runs `tickertune tune TICKER --workers N --worker-id FIRST ...`: N processes
+# Each machine runs `tickertune tune TICKER --workers N --worker-id FIRST ...` with the two
+# URLs in its environment (a command line would show a password to `ps`): N processes
 # sharing that machine's --trials, with worker ids FIRST..FIRST+N-1 (give each machine its
 # own range, so no two workers start the sampler at the same point). Optuna's RDB storage
 # is the only coordination: trial numbers are unique, and a worker that dies mid-trial is
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
-mask() { sed -E 's#(://[^:/@]*:)[^@/]*@#\1***@#g' <<<"$1"; }
+mask() { sed -E -e 's#(://[^:/@]*:).*@#\1***@#' -e 's#([?&;](password|passwd|pwd)=)[^&]*#\1***#Ig' <<<"$1"; }
 die() { echo "launch_workers.sh: error: $*" >&2; exit 2; }
 
 [[ $# -ge 1 && $1 != -* ]] || usage
@@ -51,5 +52,6 @@ fi
 echo "launch_workers.sh: $WORKERS worker(s) with ids $FIRST..$((FIRST + WORKERS - 1)) on $(hostname)," \
      "storage $(mask "$STORAGE"), tracking $(mask "$TRACKING")" >&2
 # exec: Ctrl-C and SIGTERM reach tickertune, which stops its workers and exits 130.
-exec "$PYTHON" -m tickertune tune "$TICKER" --storage "$STORAGE" --tracking-uri "$TRACKING" \
-  --workers "$WORKERS" --worker-id "$FIRST" "$@"
+# The URLs stay in the environment (TICKERTUNE_STORAGE, MLFLOW_TRACKING_URI), where `ps`
+# does not show a password.
+exec "$PYTHON" -m tickertune tune "$TICKER" --workers "$WORKERS" --worker-id "$FIRST" "$@"

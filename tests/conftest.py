@@ -19,14 +19,16 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                "TICKERTUNE_STORAGE", "TICKERTUNE_THREADS"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a `python -m tickertune` subprocess rooted at tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MLFLOW_") and k not in ("TICKERTUNE_STORAGE", "TICKERTUNE_THREADS")}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env["PYTHONPATH"] = str(REPO / "src")

@@ -334,6 +334,12 @@ def _sqlite_parent_is_file(tmp, ctx):
         f"{ERR}cannot open study storage {url}: [Errno 17] File exists: '{tmp}/blocker'")
 
 
+def _journal_directory(tmp, ctx):
+    (tmp / "store").mkdir()
+    url = f"journal:{tmp}/store"
+    return ["AAPL", *RUN, "--storage", url], f"{ERR}study storage {url} is a directory, not a journal file"
+
+
 def _sqlite_directory(tmp, ctx):
     (tmp / "store").mkdir()
     url = f"sqlite:///{tmp}/store"
@@ -391,6 +397,19 @@ ROWS: dict[str, Row] = {
     "model-unknown": Row(_plain(["AAPL", *RUN, "--model", "foo"], _choices(
         "--model", "foo", ["xgb", "transformer", "all"])), argparse=True),
     # -- settings that cannot work together
+    # -- parallel workers and crash recovery
+    "workers-0": Row(_plain(["AAPL", "--workers", "0"],
+                            f"{ARG_ERR}argument --workers: must be at least 1 (got 0)"), argparse=True),
+    "heartbeat-negative": Row(_plain(["AAPL", *RUN, "--heartbeat-interval", "-1"],
+                                     f"{ERR}--heartbeat-interval must be 0 (off) or more (got -1)")),
+    "grace-not-longer-than-heartbeat": Row(_plain(
+        ["AAPL", *RUN, "--heartbeat-interval", "10", "--grace-period", "10"],
+        f"{ERR}--grace-period (10 s) must be longer than --heartbeat-interval (10 s)")),
+    "worker-id-negative": Row(_plain(["AAPL", *RUN, "--worker-id", "-1"],
+                                     f"{ERR}--worker-id must be 0 or more (got -1)")),
+    "workers-with-bad-data": Row(_plain(["AAPL", *RUN, "--workers", "2", "--data", "csv:nope.csv"],
+                                        f"{ERR}nope.csv: file not found")),
+    "storage-journal-directory": Row(_journal_directory),
     "cv-folds-1": Row(_plain(["AAPL", *RUN, "--cv-folds", "1"], f"{ERR}--cv-folds must be 2 or more (got 1)")),
     "top-k-negative": Row(_plain(["AAPL", *RUN, "--top-k", "-1"], f"{ERR}--top-k must be 0 or more (got -1)")),
     "cv-with-multi-objective": Row(_plain(["AAPL", *RUN, "--cv-folds", "3", "--multi-objective"],

@@ -10,12 +10,14 @@ import sys
 import time
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import SHORT, cli_env
 
 
-def test_sigint_to_the_process_group(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_to_the_process_group(tmp_path, sig):
     err = open(tmp_path / "err.txt", "w")
     p = subprocess.Popen(
         [sys.executable, "-m", "tickertune", "tune", "AAPL", "--trials", "200", "--pruner", "none",
@@ -28,7 +30,7 @@ def test_sigint_to_the_process_group(tmp_path):
         if (tmp_path / "err.txt").read_text().count(" COMPLETE ") >= 2:
             break
         time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: the tuner and its writer both get it
+    os.killpg(p.pid, sig)  # what Ctrl-C (or a scheduler's stop) does: the tuner and its writer get it
     assert p.wait(timeout=120) == 130
     text = (tmp_path / "err.txt").read_text()
     assert text.rstrip().endswith("tickertune: interrupted; finished trials are saved")

@@ -19,12 +19,24 @@ TUNE = ["tune", "AAPL", "--start", SHORT["start"], "--end", SHORT["end"], "--no-
 STUDY = "xgb_tuning_AAPL"
 
 
+def test_urls_go_to_the_environment_not_the_command_line():
+    from tickertune.workers import split_urls
+
+    argv, env = split_urls(["AAPL", "--storage", "postgresql://u:pw@h/db", "--tracking-uri=http://a:pw@h",
+                            "--trials", "4", "--start", "2018-01-01"])
+    assert argv == ["AAPL", "--trials", "4", "--start", "2018-01-01"]
+    assert env == {"TICKERTUNE_STORAGE": "postgresql://u:pw@h/db", "MLFLOW_TRACKING_URI": "http://a:pw@h"}
+    assert split_urls(["--stor=sqlite:///x.db", "--tracking", "http://h"])[1] == {
+        "TICKERTUNE_STORAGE": "sqlite:///x.db", "MLFLOW_TRACKING_URI": "http://h"}  # argparse prefixes
+
+
 def test_trials_are_shared_exactly():
     assert shares(10, 4) == [3, 3, 2, 2]
     assert shares(3, 4) == [1, 1, 1]  # no idle worker
     assert sum(shares(17, 5)) == 17
-    argv = worker_argv(["AAPL", "--trials", "10", "--workers", "4"], 3, 2)
-    assert argv[-7:] == ["--workers", "1", "--trials", "3", "--worker-id", "2", "--no-progress"]
+    argv = worker_argv(["-q", "AAPL", "--trials", "10", "--workers", "4", "--progress"], 3, 2)
+    assert argv == ["-q", "tune", "AAPL", "--trials", "10", "--workers", "4", "--workers", "1",
+                    "--trials", "3", "--worker-id", "2", "--no-progress"]
 
 
 def _check_parallel_study(tmp_path, storage: str, n_trials: int, n_parents: int, output: str) -> None:

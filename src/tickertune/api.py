@@ -7,14 +7,17 @@ from writing anything: data -> features -> split (all checks) -> tracking reacha
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tickertune.config import TuneConfig, mask_secrets
 from tickertune.data import load_bars
@@ -149,7 +152,10 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         result.parent_run_id = tracker.start_parent(
             f"tune-{bars.ticker}-{'-'.join(config.models)}-{stamp}{worker}", parent_params, parent_tags)
         if tracker.enabled:
-            tracker.close_dead_invocations()
+            try:
+                tracker.close_dead_invocations()
+            except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the tuning
+                log.warning("could not close the runs of dead invocations: %s", mask_secrets(str(exc)))
         if tracker.enabled:
             log.info("tracking to %s (experiment id %s, parent run %s)",
                      mask_secrets(str(tracker.tracking_uri)), tracker.experiment_id, result.parent_run_id)
@@ -195,8 +201,25 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
             if tracker.enabled and result.parent_run_id:
                 _summarise_parent(tracker, [op.study for op in opened.values()], result, base)
         finally:
-            result.tracking_errors = tracker.finish(status) + result.tracking_errors
+            # A second Ctrl-C must not cut the final writes short (runs left RUNNING): it is
+            # held until they are done, then stops the process as usual.
+            with _signals_held():
+                result.tracking_errors = tracker.finish(status) + result.tracking_errors
     return result
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (delivered on exit) in the main thread; elsewhere do nothing."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _register(model: Any, prepared: Any, keep: Any, study: Any, bars: Any, split: Any,
@@ -232,7 +255,7 @@ def _evaluate_rank_1(model: str, bars: Any, split: Any, tracker: Any, result: Tu
         p = loaded.predict_proba(bars.frame).reindex(dates).to_numpy()
         ev = evaluate(split.y(split.test), p, split.y(split.train), loaded.label)
     except Exception as exc:  # noqa: BLE001 - a summary must not fail the tuning
-        log.warning("could not evaluate %s rank-1 on the test segment: %s", model, exc)
+        log.warning("could not evaluate %s rank-1 on the test segment: %s", model, mask_secrets(str(exc)))
         return
     result.evaluations[model] = ev
     tracker.log_parent(metrics={f"{model}.{k}": v for k, v in ev.metrics("test_").items()},

@@ -52,7 +52,8 @@ def _positive_int(text: str) -> int:
 
 def _where(p: argparse.ArgumentParser, tracking: bool = True) -> None:
     """The options that say where the studies (and the MLflow store) are."""
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///RESULTS_DIR/tuning.db)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default $TICKERTUNE_STORAGE, else sqlite:///RESULTS_DIR/tuning.db)")
     p.add_argument("--results-dir", default="results", type=Path, help="default ./results")
     if tracking:
         p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--multi-objective", action="store_true",
                    help="minimise (val log loss, training seconds); own study *_mo; no pruning")
     t.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default sqlite:///RESULTS_DIR/tuning.db)")
+                   help="Optuna storage URL (default $TICKERTUNE_STORAGE, else sqlite:///RESULTS_DIR/tuning.db)")
     t.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     t.add_argument("--experiment", default=None,
@@ -117,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--heartbeat-interval", type=int, default=10, metavar="S",
                    help="seconds between a running trial's heartbeats on SQLite/PostgreSQL "
                    "storage; 0 turns crash recovery off (default 10)")
-    w.add_argument("--grace-period", type=int, default=30, metavar="S",
+    w.add_argument("--grace-period", type=int, default=60, metavar="S",
                    help="seconds without a heartbeat before a trial's worker counts as dead: "
-                   "the trial is marked FAIL, retried once, its MLflow run closed (default 30)")
+                   "the trial is marked FAIL, retried once, its MLflow run closed (default 60)")
     bar = t.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="show a progress bar (default: when stderr is a terminal)")
@@ -228,6 +229,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         return _tune_workers(args, config)
+    from tickertune.workers import watch_launcher
+
+    watch_launcher()
     result = tune(config)
     print()
     for name, outcome in result.outcomes.items():
@@ -292,7 +296,7 @@ def _tune_workers(args: argparse.Namespace, config: Any) -> int:
         # Under `mlflow run`: each worker is its own parent run in the project run's
         # experiment (N processes cannot share one parent's params and summary).
         env = {"MLFLOW_RUN_ID": None, "MLFLOW_EXPERIMENT_ID": experiment_id}
-    argv = args.argv[args.argv.index("tune") + 1:]
+    argv = (["-q"] if args.quiet else []) + args.argv[args.argv.index("tune") + 1:]
     code = launch(argv, config.trials, args.workers, first_id=max(1, config.worker_id), env=env)
     print(f"\n{args.workers} workers done; study storage: {mask_secrets(config.storage_url)} "
           f"(tickertune studies --storage ... lists every trial)")
@@ -499,13 +503,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from tickertune.config import MaskSecrets, mask_secrets
+
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # whichever library logs, no password shows
+        if not any(isinstance(f, MaskSecrets) for f in handler.filters):
+            handler.addFilter(MaskSecrets())
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a URL may hold a password
     # A scheduler's SIGTERM (kill, systemd, Kubernetes) stops a run the way Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except TickertuneError as exc:
@@ -514,6 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tickertune: interrupted; finished trials are saved", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug or a library error: the traceback, masked
+        import traceback
+
+        print(mask_secrets(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ printed or logged, so a password in a URL never leaves this module in clear.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,9 +17,10 @@ from tickertune.errors import ConfigError
 
 PRUNERS = ("hyperband", "asha", "median", "none")
 DEFAULT_EXPERIMENT = "tickertune"
+STORAGE_ENV = "TICKERTUNE_STORAGE"
 
 # user:password@host, where the password may itself hold '@' (up to the last '@' of the URL)
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/]*)@(?=[^@\s]*$|[^@\s]*\s)")
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s]*?)@(?=[^@\s]*$|[^@\s]*\s)")
 _PASSWORD_PARAM = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd)=)(?P<pw>[^&\s]+)", re.I)
 
 
@@ -26,6 +28,23 @@ def mask_secrets(text: str) -> str:
     """Replace passwords in URLs (`scheme://user:pw@host`, `?password=pw`) with ***."""
     text = _PASSWORD_IN_URL.sub(r"\g<head>***@", text)
     return _PASSWORD_PARAM.sub(r"\g<head>***", text)
+
+
+class MaskSecrets(logging.Filter):
+    """A log filter that masks passwords in every record, whatever library wrote it
+    (MLflow's own exception texts quote the tracking URL as given)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            import traceback
+
+            record.exc_text = mask_secrets("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info = None
+        return True
 
 
 @dataclass
@@ -52,7 +71,7 @@ class TuneConfig:
     cv_folds: int = 0  # > 1: walk-forward cross-validation with this many folds
     multi_objective: bool = False  # minimise (val log loss, training seconds); no pruning
     heartbeat_interval: int = 10  # seconds; RDB storages (SQLite, PostgreSQL); 0 = off
-    grace_period: int = 30  # seconds without a heartbeat before a trial counts as dead
+    grace_period: int = 60  # seconds without a heartbeat before a trial counts as dead
     worker_id: int = 0  # distinct per parallel worker: its sampler starts elsewhere
 
     def __post_init__(self) -> None:
@@ -94,9 +113,10 @@ class TuneConfig:
 
     @property
     def storage_url(self) -> str:
-        """The Optuna storage URL actually used."""
-        if self.storage:
-            return self.storage
+        """The Optuna storage URL actually used: --storage, else $TICKERTUNE_STORAGE (which
+        keeps a password off the command line, where `ps` shows it), else SQLite."""
+        if self.storage or os.environ.get(STORAGE_ENV):
+            return self.storage or os.environ[STORAGE_ENV]
         return f"sqlite:///{(self.results_dir / 'tuning.db').as_posix()}"
 
     @property

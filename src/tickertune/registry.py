@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import random
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +83,15 @@ def _registered_versions(client: Any, name: str, study_name: str) -> list[tuple[
     return out
 
 
-def settle_aliases(client: Any, name: str, study_name: str, k: int, rounds: int = 5) -> list[Ranked]:
+def settle_aliases(client: Any, name: str, study_name: str, k: int, rounds: int = 10) -> list[Ranked]:
     """Point rank-1..k at the study's best k registered versions, as the registry holds them now.
 
     Parallel workers register and move aliases at the same time. Each one re-reads the
     registry after writing and repeats until what it reads is consistent, so whichever
     worker writes last has seen every registration before it: the aliases end at the
     true top-k without a lock."""
+    from mlflow.exceptions import MlflowException
+
     ranked: list[Ranked] = []
     for _ in range(rounds):
         top = sorted(_registered_versions(client, name, study_name), key=lambda e: (e[0], e[1]))[:k]
@@ -97,11 +101,19 @@ def settle_aliases(client: Any, name: str, study_name: str, k: int, rounds: int 
         stale = [a for a in current if a.startswith("rank-") and a[5:].isdigit() and a not in wanted]
         if current.items() >= wanted.items() and not stale:
             return ranked
-        for alias, version in wanted.items():
-            if current.get(alias) != version:
-                client.set_registered_model_alias(name, alias, version)
-        for alias in stale:  # fewer entries than before (a smaller --top-k)
-            client.delete_registered_model_alias(name, alias)
+        try:
+            for alias, version in wanted.items():
+                if current.get(alias) != version:
+                    client.set_registered_model_alias(name, alias, version)
+            for alias in stale:  # fewer entries than before (a smaller --top-k)
+                client.delete_registered_model_alias(name, alias)
+        except MlflowException as exc:
+            # Another worker wrote the same alias at the same moment (a unique-key clash
+            # on a database store): read again and retry after a short random pause.
+            log.debug("registry: alias write clashed (%s); reading again", exc)
+            time.sleep(random.uniform(0.05, 0.3))
+    log.warning("registry: the %s aliases did not settle in %d rounds (other workers keep "
+                "moving them); the last worker to finish will set them", name, rounds)
     return ranked
 
 

@@ -1,7 +1,7 @@
 """Where studies live: SQLite (default), a journal file, or PostgreSQL for many workers.
 
-- `sqlite:///PATH`: one machine. WAL journaling and a 60 s busy timeout let a few
-  processes share the file (readers never block the writer).
+- `sqlite:///PATH`: one machine. WAL journaling and a 30 s busy timeout let a few
+  processes share the file: each transaction takes the write lock up front and waits.
 - `journal:PATH`: Optuna's append-only journal file; several processes on one machine
   (file locks, no database). No heartbeats: a killed worker's trial stays RUNNING.
 - `postgresql://...`: several processes or machines on one study. Connections time out
@@ -16,6 +16,7 @@ so tracking can close the dead worker's MLflow runs.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sqlite3
 import warnings
@@ -32,7 +33,7 @@ from tickertune.dbinit import open_store
 log = logging.getLogger("tickertune")
 
 CONNECT_TIMEOUT = 5  # seconds, PostgreSQL
-SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite writer waits for another process's lock
+SQLITE_BUSY_TIMEOUT = 30  # seconds a SQLite writer waits for another process's lock
 MAX_RETRY = 1  # a dead worker's trial is retried once
 
 
@@ -41,7 +42,7 @@ class Heartbeat:
     """Seconds between a running trial's heartbeats, and of silence before it counts as dead."""
 
     interval: int = 10  # 0 = off
-    grace_period: int = 30  # TuneConfig checks that it exceeds the interval
+    grace_period: int = 60  # > SQLITE_BUSY_TIMEOUT: a heartbeat stuck behind a lock is not death
 
 
 @dataclass
@@ -53,9 +54,12 @@ class StaleTrials:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retried = len(trial.system_attrs.get("retry_history", [])) < self.max_retry
+        # The retry copies the trial's user attrs; not its link to the dead trial's run.
+        template = copy.copy(trial)
+        template.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "mlflow_run_id"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, template)
         log.warning("trial %d of %s stopped sending heartbeats (its worker died); marked FAIL%s",
                     trial.number, study.study_name,
                     ", its params are queued for one retry" if retried else ", already retried once")
@@ -63,7 +67,7 @@ class StaleTrials:
             try:
                 listener(study, trial)
             except Exception as exc:  # noqa: BLE001 - a listener must not stop the study
-                log.warning("could not clean up after trial %d: %s", trial.number, exc)
+                log.warning("could not clean up after trial %d: %s", trial.number, mask_secrets(str(exc)))
 
 
 @dataclass
@@ -144,7 +148,7 @@ def _prepare_sqlite(url: str) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"study storage {url} is a directory, not a database file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # WAL: readers (the dashboard, another worker) never block the writer, and a killed
+    # WAL: outside readers (optuna-dashboard, `tickertune sql`) never block a writer, and a killed
     # process cannot corrupt the file. The mode is stored in the file: set it once.
     with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT) as con:
         con.execute("PRAGMA journal_mode=WAL")

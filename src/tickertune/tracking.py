@@ -403,8 +403,9 @@ class MlflowTracker:
             self.parent_run_id = env_run
             existing = dict(self._env_run.data.params)
         else:
-            # host and pid let a later invocation on this host close the run if we are killed
-            owner = {"tickertune.host": socket.gethostname(), "tickertune.pid": str(os.getpid())}
+            # Who runs it: a later invocation on this host closes the run if we are killed.
+            owner = {"tickertune.host": host_id(), "tickertune.pid": str(os.getpid()),
+                     "tickertune.pid_start": _start_time(os.getpid())}
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **owner})
             self.parent_run_id = run.info.run_id
             self._owns_parent = True
@@ -489,13 +490,17 @@ class MlflowTracker:
     def close_stale_trial(self, study: Any, trial: Any) -> None:
         """A trial whose worker died (Optuna saw its heartbeat stop): close its run and the
         dead invocation's parent run as FAILED. Called from the storage's stale callback."""
+        # The linked run, and any run of this trial still RUNNING (killed before the link
+        # landed, or a retried trial whose copied link names its predecessor's run).
+        runs = {r.info.run_id: r for r in self.client.search_runs(
+            [self.experiment_id], f"tags.study_name = '{study.study_name}' and "
+            f"tags.trial_number = '{trial.number}' and attributes.status = 'RUNNING'")}
         rid = trial.user_attrs.get("mlflow_run_id")
-        if rid:
-            runs = [self.client.get_run(rid)]
-        else:  # killed before the link landed: find the run by its tags
-            runs = self.client.search_runs(
-                [self.experiment_id], f"tags.study_name = '{study.study_name}' and "
-                f"tags.trial_number = '{trial.number}' and attributes.status = 'RUNNING'")
+        if rid and rid not in runs:
+            linked = self.client.get_run(rid)
+            if linked.data.tags.get("trial_number") == str(trial.number):
+                runs[rid] = linked
+        runs = list(runs.values())
         why = (f"the worker running trial {trial.number} stopped sending heartbeats (killed or "
                f"lost); Optuna marked the trial FAIL and queued its params for a retry")
         for run in runs:
@@ -510,16 +515,17 @@ class MlflowTracker:
     def close_dead_invocations(self) -> None:
         """Close as FAILED the parent runs (and their open trial runs) of tickertune
         processes on this host that are gone without ending them (kill -9, power loss)."""
-        host = socket.gethostname()
+        host = host_id()
         runs = self.client.search_runs(
             [self.experiment_id], f"tags.`tickertune.host` = '{host}' and attributes.status = 'RUNNING'",
             max_results=1000)
         for run in runs:
             pid = run.data.tags.get("tickertune.pid", "")
-            if run.info.run_id == self.parent_run_id or not pid.isdigit() or _alive(int(pid)):
+            if run.info.run_id == self.parent_run_id or not pid.isdigit() or \
+                    _alive(int(pid), run.data.tags.get("tickertune.pid_start", "")):
                 continue
-            self._fail_invocation(run.info.run_id, f"its process (pid {pid} on {host}) ended "
-                                  f"without closing the run (killed?)")
+            self._fail_invocation(run.info.run_id, f"its process (pid {pid} on {socket.gethostname()}) "
+                                  f"ended without closing the run (killed?)")
 
     def _fail_invocation(self, parent_id: str, why: str) -> None:
         """Close a dead invocation's parent run and any of its trial runs still RUNNING."""
@@ -543,23 +549,54 @@ class MlflowTracker:
         """Close any open trial run as FAILED, drain the queue, end the parent if ours.
 
         Returns the tracking errors seen (empty when every write landed)."""
-        for number in list(self._open):
-            self.end_trial(number, "FAIL", error="the invocation ended before this trial did")
-        if self.writer is not None:
-            self.writer.close()
-        if self._owns_parent and self.parent_run_id:
-            self.client.set_terminated(self.parent_run_id, status=status)
+        try:
+            for number in list(self._open):
+                self.end_trial(number, "FAIL", error="the invocation ended before this trial did")
+            if self.writer is not None:
+                self.writer.close()
+        finally:  # whatever failed above, the parent run does not stay RUNNING
+            if self._owns_parent and self.parent_run_id:
+                self.client.set_terminated(self.parent_run_id, status=status)
         return list(self.writer.errors) if self.writer is not None else []
 
 
-def _alive(pid: int) -> bool:
+def host_id() -> str:
+    """This host as seen by its processes: name, boot and PID namespace. Containers that
+    share a host name, or a machine rebooted since, count as other hosts."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # not Linux
+        pass
+    return ":".join(parts)
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state first); [] where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _start_time(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot), '' where unknown: a pid can be reused."""
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _alive(pid: int, start: str = "") -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
-    return True
+        pass
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return False
+    return not start or len(fields) <= 19 or fields[19] == start
 
 
 class NullTrialRun:

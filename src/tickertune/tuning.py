@@ -405,6 +405,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.at = 0.0  # time.monotonic() of the request
 
     def check(self) -> None:
         if self.requested:
@@ -422,9 +423,13 @@ def graceful_stop() -> Iterator[StopRequest]:
         return
 
     def handler(signum: int, _frame: Any) -> None:
-        if stop.requested:
+        # A second signal within a second is the same request (systemd TERMs the whole
+        # group while our launcher passes on a SIGINT); a later one means "now".
+        if stop.requested and time.monotonic() - stop.at > 1.0:
             raise KeyboardInterrupt(f"signal {signum}")
-        stop.requested = True
+        if stop.requested:
+            return
+        stop.requested, stop.at = True, time.monotonic()
         print("tickertune: stopping at the current trial's next step (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)
 
@@ -494,11 +499,27 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     try:
         with graceful_stop() as stop:
-            study.optimize(
-                make_objective(ctx, study, tracker, opened.pruner, errors, stop), n_trials=n_trials,
-                callbacks=[on_trial_end, lambda st, t: stop.check()], catch=(Exception,),
-                gc_after_trial=False,
-            )
+            objective = make_objective(ctx, study, tracker, opened.pruner, errors, stop)
+            started = [0]
+
+            def counted(trial: optuna.Trial) -> Any:
+                started[0] += 1
+                return objective(trial)
+
+            while started[0] < n_trials:
+                try:
+                    study.optimize(counted, n_trials=n_trials - started[0],
+                                   callbacks=[on_trial_end, lambda st, t: stop.check()],
+                                   catch=(Exception,), gc_after_trial=False)
+                except ValueError as exc:
+                    # Another worker saw no heartbeat from this live trial for the grace
+                    # period and failed it; Optuna then refuses our result. Go on.
+                    if "Cannot tell a" not in str(exc):
+                        raise
+                    added["FAIL"] += 1
+                    log.warning("[%s] a trial was failed by another worker while it ran (no "
+                                "heartbeat for --grace-period: a stalled storage?); it stays FAIL",
+                                ctx.model.name)
     finally:
         if bar is not None:
             bar.close()
