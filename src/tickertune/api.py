@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -146,7 +147,10 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         parent_tags = {"ticker": bars.ticker, "models": ",".join(config.models),
                        "data_fingerprint": bars.fingerprint, "code_version": code_version(),
                        "kind": "tuning", "storage_kind": plan.storage.kind,
-                       **({"worker_id": str(config.worker_id)} if config.worker_id else {})}
+                       **({"worker_id": str(config.worker_id)} if config.worker_id else {}),
+                       # --workers under `mlflow run`: the project run that started us
+                       **({"project_run_id": os.environ["TICKERTUNE_PROJECT_RUN_ID"]}
+                          if os.environ.get("TICKERTUNE_PROJECT_RUN_ID") else {})}
         parent_params = {**config.masked(), "data_rows": str(len(bars)), **split.dates()}
         worker = f"-w{config.worker_id}" if config.worker_id else ""
         result.parent_run_id = tracker.start_parent(

@@ -295,7 +295,8 @@ def _tune_workers(args: argparse.Namespace, config: Any) -> int:
     if os.environ.get("MLFLOW_RUN_ID"):
         # Under `mlflow run`: each worker is its own parent run in the project run's
         # experiment (N processes cannot share one parent's params and summary).
-        env = {"MLFLOW_RUN_ID": None, "MLFLOW_EXPERIMENT_ID": experiment_id}
+        env = {"MLFLOW_RUN_ID": None, "MLFLOW_EXPERIMENT_ID": experiment_id,
+               "TICKERTUNE_PROJECT_RUN_ID": os.environ["MLFLOW_RUN_ID"]}
     argv = (["-q"] if args.quiet else []) + args.argv[args.argv.index("tune") + 1:]
     code = launch(argv, config.trials, args.workers, first_id=max(1, config.worker_id), env=env)
     print(f"\n{args.workers} workers done; study storage: {mask_secrets(config.storage_url)} "
