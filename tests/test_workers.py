@@ -133,3 +133,29 @@ def test_aliases_settle_on_the_true_top_k_under_concurrent_registration(tmp_path
         mv = client.get_model_version_by_alias(name, f"rank-{rank}")
         assert (float(mv.tags["val_logloss"]), int(mv.tags["trial_number"])) == (value, trial)
     assert sorted(client.get_registered_model(name).aliases) == ["rank-1", "rank-2", "rank-3"]
+
+
+def test_a_stale_launcher_pid_is_ignored(monkeypatch):
+    """A worker's environment variable inherited by an unrelated run must not stop it."""
+    import threading as th
+
+    from tickertune.workers import PARENT_ENV, watch_launcher
+
+    monkeypatch.setenv(PARENT_ENV, "999999:1")
+    before = {t.name for t in th.enumerate()}
+    watch_launcher()
+    assert PARENT_ENV not in __import__("os").environ  # not passed on to our own children
+    assert "tickertune-launcher-watch" not in {t.name for t in th.enumerate()} - before
+
+
+def test_printed_passwords_are_masked():
+    import io
+
+    from tickertune.config import MaskedStream, mask_secrets
+
+    out = io.StringIO()
+    MaskedStream(out).write("API request to http://tt:S3cret@h:5000/api failed; db postgresql://u:p/w@db/x\n")
+    assert out.getvalue() == "API request to http://tt:***@h:5000/api failed; db postgresql://u:***@db/x\n"
+    for text in ("http://localhost:5000/x?to=a@b.c", "mail user@example.com", "http://u@h:5000/x"):
+        assert mask_secrets(text) == text
+    assert mask_secrets("postgresql://user@srv:Secr3t@host/db") == "postgresql://user@srv:***@host/db"

@@ -214,16 +214,30 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM (delivered on exit) in the main thread; elsewhere do nothing."""
-    held = {signal.SIGINT, signal.SIGTERM}
+    """Let the block finish through one Ctrl-C/SIGTERM (it is raised afterwards); a second
+    one interrupts at once. Off the main thread, signals are left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    seen: list[int] = []
+
+    def record(signum: int, _frame: Any) -> None:
+        seen.append(signum)
+        if len(seen) > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, old in previous.items():
+        if old not in (signal.SIG_IGN, signal.SIG_DFL, None):
+            signal.signal(sig, record)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        for sig, old in previous.items():
+            if old is not None:
+                signal.signal(sig, old)
+    if seen:
+        raise KeyboardInterrupt(f"signal {seen[0]}")
 
 
 def _register(model: Any, prepared: Any, keep: Any, study: Any, bars: Any, split: Any,

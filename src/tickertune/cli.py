@@ -504,8 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from tickertune.config import MaskSecrets, mask_secrets
+    from tickertune.config import MaskedStream, MaskSecrets, mask_secrets
 
+    if not isinstance(sys.stderr, MaskedStream):  # whatever prints (MLflow, Optuna, a traceback)
+        sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # whichever library logs, no password shows
         if not any(isinstance(f, MaskSecrets) for f in handler.filters):

@@ -20,7 +20,7 @@ DEFAULT_EXPERIMENT = "tickertune"
 STORAGE_ENV = "TICKERTUNE_STORAGE"
 
 # user:password@host, where the password may itself hold '@' (up to the last '@' of the URL)
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s]*?)@(?=[^@\s]*$|[^@\s]*\s)")
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/\s]*:)(?P<pw>[^\s?#]*?)@(?=[^@\s]*$|[^@\s]*\s)")
 _PASSWORD_PARAM = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd)=)(?P<pw>[^&\s]+)", re.I)
 
 
@@ -35,16 +35,29 @@ class MaskSecrets(logging.Filter):
     (MLflow's own exception texts quote the tracking URL as given)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: logging reports it itself
+            return True
         masked = mask_secrets(message)
         if masked != message:
             record.msg, record.args = masked, None
-        if record.exc_info and record.exc_info[1] is not None:
-            import traceback
-
-            record.exc_text = mask_secrets("".join(traceback.format_exception(*record.exc_info)))
-            record.exc_info = None
         return True
+
+
+class MaskedStream:
+    """A text stream that masks passwords in everything written to it: the CLI wraps
+    stdout and stderr, so no library's log line, warning or traceback prints one."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        self._inner.write(mask_secrets(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...
+        return getattr(self._inner, name)
 
 
 @dataclass

@@ -113,7 +113,7 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # SQLAlchemy knows PostgreSQL only by its long name; messages keep the user's URL.
             engine_url = "postgresql:" + url[len("postgres:"):] if url.startswith("postgres:") else url
-            storage = open_store(url, lambda: optuna.storages.RDBStorage(
+            storage = open_store(url, lambda: _RDBStorage(
                 engine_url, engine_kwargs=engine_kwargs or None, **beat))
     except ConfigError:
         raise
@@ -127,6 +127,19 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
     if kind == "sqlite" and engine_kwargs:
         _sqlite_pragmas(storage)
     return Storage(url, storage, kind, stale)
+
+
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat survives a failed write: Optuna's heartbeat
+    thread dies on its first error (a lock timeout, a database blip), and other workers
+    would then fail the live trial after the grace period."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:  # noqa: BLE001 - the next beat tries again
+            log.warning("heartbeat of trial id %d not recorded: %s", trial_id,
+                        mask_secrets(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)))
 
 
 def _journal(url: str) -> optuna.storages.BaseStorage:

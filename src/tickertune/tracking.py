@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 from tickertune.config import mask_secrets
 from tickertune.dbinit import open_store
 from tickertune.errors import ConfigError
+from tickertune.procs import alive, host_id, start_time
 
 log = logging.getLogger("tickertune")
 
@@ -405,7 +406,7 @@ class MlflowTracker:
         else:
             # Who runs it: a later invocation on this host closes the run if we are killed.
             owner = {"tickertune.host": host_id(), "tickertune.pid": str(os.getpid()),
-                     "tickertune.pid_start": _start_time(os.getpid())}
+                     "tickertune.pid_start": start_time(os.getpid())}
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **owner})
             self.parent_run_id = run.info.run_id
             self._owns_parent = True
@@ -522,7 +523,7 @@ class MlflowTracker:
         for run in runs:
             pid = run.data.tags.get("tickertune.pid", "")
             if run.info.run_id == self.parent_run_id or not pid.isdigit() or \
-                    _alive(int(pid), run.data.tags.get("tickertune.pid_start", "")):
+                    alive(int(pid), run.data.tags.get("tickertune.pid_start", "")):
                 continue
             self._fail_invocation(run.info.run_id, f"its process (pid {pid} on {socket.gethostname()}) "
                                   f"ended without closing the run (killed?)")
@@ -558,45 +559,6 @@ class MlflowTracker:
             if self._owns_parent and self.parent_run_id:
                 self.client.set_terminated(self.parent_run_id, status=status)
         return list(self.writer.errors) if self.writer is not None else []
-
-
-def host_id() -> str:
-    """This host as seen by its processes: name, boot and PID namespace. Containers that
-    share a host name, or a machine rebooted since, count as other hosts."""
-    parts = [socket.gethostname()]
-    try:
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    except OSError:  # not Linux
-        pass
-    return ":".join(parts)
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command name (state first); [] where unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def _start_time(pid: int) -> str:
-    """When process `pid` started (clock ticks since boot), '' where unknown: a pid can be reused."""
-    fields = _stat(pid)
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _alive(pid: int, start: str = "") -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        pass
-    fields = _stat(pid)
-    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
-        return False
-    return not start or len(fields) <= 19 or fields[19] == start
 
 
 class NullTrialRun:

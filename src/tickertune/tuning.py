@@ -351,6 +351,10 @@ def make_objective(
                 train_seconds = time.perf_counter() - t_fit
             if not math.isfinite(result.value):
                 raise ValueError(f"objective value is {result.value}")
+            if _failed_elsewhere(study, trial):
+                raise TrialFailedElsewhere(
+                    f"trial {trial.number} was marked FAIL by another worker while it ran (no "
+                    f"heartbeat for the grace period); its result is discarded")
             run.log_metrics({**result.metrics, **ctx.final_metrics,
                              **result.extra.get("device_metrics", {}),
                              "train_seconds": train_seconds, "duration_s": time.perf_counter() - t0})
@@ -377,6 +381,16 @@ def make_objective(
             tracker.end_trial(trial.number, state, error, end_tags)
 
     return objective
+
+
+class TrialFailedElsewhere(RuntimeError):
+    """Another worker failed this (live) trial: its heartbeat was late."""
+
+
+def _failed_elsewhere(study: optuna.Study, trial: optuna.Trial) -> bool:
+    # One storage read per trial; Optuna would otherwise refuse the result in a way
+    # that kills the worker (an assertion inside optimize).
+    return study._storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING
 
 
 def _fit_folds(model: Model, params: dict[str, Any], folds: list[Any], run: Any,
@@ -511,15 +525,17 @@ def run_study(
                     study.optimize(counted, n_trials=n_trials - started[0],
                                    callbacks=[on_trial_end, lambda st, t: stop.check()],
                                    catch=(Exception,), gc_after_trial=False)
-                except ValueError as exc:
+                except (ValueError, AssertionError) as exc:
                     # Another worker saw no heartbeat from this live trial for the grace
                     # period and failed it; Optuna then refuses our result. Go on.
-                    if "Cannot tell a" not in str(exc):
+                    cause = exc if isinstance(exc, ValueError) else exc.__context__
+                    if "Cannot tell a" not in str(cause):
                         raise
                     added["FAIL"] += 1
                     log.warning("[%s] a trial was failed by another worker while it ran (no "
                                 "heartbeat for --grace-period: a stalled storage?); it stays FAIL",
                                 ctx.model.name)
+                    stop.check()
     finally:
         if bar is not None:
             bar.close()

@@ -18,6 +18,7 @@ import time
 from typing import IO, Sequence
 
 from tickertune.device import THREADS_ENV
+from tickertune.procs import start_time
 
 
 def shares(trials: int, workers: int) -> list[int]:
@@ -83,7 +84,7 @@ def launch(argv: Sequence[str], trials: int, workers: int, first_id: int = 1,
     env = {k: v for k, v in {**os.environ, **changes}.items() if v is not None}
     procs: list[tuple[int, subprocess.Popen]] = []
     pumps: list[threading.Thread] = []
-    env[PARENT_ENV] = str(os.getpid())  # a worker whose launcher dies stops cleanly
+    env[PARENT_ENV] = f"{os.getpid()}:{start_time(os.getpid())}"  # a worker whose launcher dies stops
     interrupted = False
     try:
         for i, n in enumerate(shares(trials, workers)):
@@ -135,12 +136,12 @@ def _signal_all(procs: list[tuple[int, subprocess.Popen]], sig: int) -> None:
 def watch_launcher() -> None:
     """In a worker: when the launcher that started it dies (kill -9, lost terminal), stop
     the way Ctrl-C does, so the trial and its runs end cleanly."""
-    launcher = os.environ.get(PARENT_ENV, "")
-    if not launcher.isdigit():
-        return
+    pid, _, start = os.environ.pop(PARENT_ENV, "").partition(":")  # not for our own children
+    if not pid.isdigit() or os.getppid() != int(pid) or start_time(int(pid)) != start:
+        return  # not started by a live launcher (a stale variable from some shell)
 
     def watch() -> None:
-        while os.getppid() == int(launcher):
+        while os.getppid() == int(pid):
             time.sleep(1.0)
         devnull = os.open(os.devnull, os.O_WRONLY)  # the launcher read our output; it is gone
         os.dup2(devnull, 1)
