@@ -506,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     from tickertune.config import MaskedStream, MaskSecrets, mask_secrets
 
+    streams = sys.stdout, sys.stderr
     if not isinstance(sys.stderr, MaskedStream):  # whatever prints (MLflow, Optuna, a traceback)
         sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
     logging.basicConfig(format="%(message)s", stream=sys.stderr)
@@ -533,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":
