@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import SHORT, cli_env, run_cli
 
-# Short heartbeats so the test need not wait the default 30 s grace period.
+# Short heartbeats so the test need not wait the default 60 s grace period.
 BEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
 TUNE = ["tune", "AAPL", "--model", "transformer", "--pruner", "none", "--set", "max_epochs=4",
         "--set", "window=10", "--start", SHORT["start"], "--end", SHORT["end"], "--no-progress", *BEAT]
@@ -104,3 +104,74 @@ def test_sigkill_mid_trial_is_failed_retried_and_its_runs_closed(tmp_path, backe
     retry_run = client.get_run(by_number[retries[0].number].user_attrs["mlflow_run_id"])
     assert retry_run.info.status == "FINISHED"
     assert retry_run.info.run_id != dead.info.run_id
+
+
+# -- parent runs: heartbeat stamps and the sweeps that close what a dead worker left ------
+
+def _tracker(workdir, interval: int = 1, grace: int = 3):
+    from tickertune.tracking import MlflowTracker
+
+    tracker = MlflowTracker(f"sqlite:///{workdir}/mlflow.db", "tickertune", interval, grace)
+    tracker.prepare()
+    return tracker
+
+
+def test_a_parent_on_another_host_is_closed_when_its_heartbeat_stamp_is_old(workdir):
+    from tickertune.tracking import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+
+    tracker = _tracker(workdir)
+    client, exp = tracker.client, tracker.experiment_id
+    now = int(time.time())
+
+    def run(tags, parent=None):
+        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
+        return client.create_run(exp, tags=tags).info.run_id
+
+    dead = run({HOST_TAG: "far-away:0a1b2c3d:4026531836", PID_TAG: "4242", HEARTBEAT_TAG: str(now - 10)})
+    dead_trial = run({"trial_number": "3"}, dead)
+    done_trial = run({"trial_number": "2"}, dead)
+    client.set_terminated(done_trial, "FINISHED")
+    live = run({HOST_TAG: "far-away:0a1b2c3d:4026531836", PID_TAG: "4243", HEARTBEAT_TAG: str(now)})
+    live_trial = run({"trial_number": "0"}, live)
+    unstamped = run({HOST_TAG: "far-away:0a1b2c3d:4026531836", PID_TAG: "4244"})  # cannot tell: kept
+    foreign = run({"note": "a user's own run"})
+
+    tracker.close_dead_invocations()
+
+    status = {rid: client.get_run(rid).info.status for rid in
+              (dead, dead_trial, done_trial, live, live_trial, unstamped, foreign)}
+    assert status == {dead: "FAILED", dead_trial: "FAILED", done_trial: "FINISHED", live: "RUNNING",
+                      live_trial: "RUNNING", unstamped: "RUNNING", foreign: "RUNNING"}
+    error = client.get_run(dead).data.tags["error"]
+    assert error.startswith("its process (pid 4242 on far-away) stopped sending heartbeats ")
+    assert error.endswith(" s ago (killed or lost)")
+    assert client.get_run(dead_trial).data.tags["trial_state"] == "FAIL"
+    assert client.get_run(dead_trial).data.tags["error"] == error
+
+    # With heartbeats off, a stamp proves nothing: nothing on another host is closed.
+    off = run({HOST_TAG: "far-away:0a1b2c3d:4026531836", PID_TAG: "4245", HEARTBEAT_TAG: str(now - 1000)})
+    _tracker(workdir, interval=0).close_dead_invocations()
+    assert client.get_run(off).info.status == "RUNNING"
+
+
+def test_the_writer_stamps_the_parent_and_finish_closes_unended_trial_runs(workdir):
+    from tickertune.tracking import HEARTBEAT_TAG
+
+    tracker = _tracker(workdir)
+    parent = tracker.start_parent("p", {}, {})
+    client = tracker.client
+    first = int(client.get_run(parent).data.tags[HEARTBEAT_TAG])
+    deadline = time.time() + 30
+    while int(client.get_run(parent).data.tags[HEARTBEAT_TAG]) <= first and time.time() < deadline:
+        time.sleep(0.2)
+    assert int(client.get_run(parent).data.tags[HEARTBEAT_TAG]) > first
+
+    # A trial run whose end never landed (its write failed): finish() closes it.
+    lost = client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    ended = tracker.start_trial(0, "t0", {"a": 1}, {"trial_number": "0"}, "round")
+    tracker.end_trial(0, "COMPLETE")
+    assert tracker.finish() == []
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(lost).info.status == "FAILED"
+    assert client.get_run(lost).data.tags["error"] == "its end was not recorded (a tracking write failed)"
+    assert client.get_run(ended.run_id()).info.status == "FINISHED"

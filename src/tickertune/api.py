@@ -99,7 +99,9 @@ def _plan(config: TuneConfig) -> _Plan:
     names = {m.name: tuning.study_name(m.name, bars.ticker) + config.study_suffix for m in models}
     for m in models:
         tuning.check_study(names[m.name], storage.optuna, study_attrs, n_obj)
-    tracker = MlflowTracker(config.tracking_url, config.experiment_name) if config.tracking else NullTracker()
+    tracker = (MlflowTracker(config.tracking_url, config.experiment_name,
+                             config.heartbeat_interval, config.grace_period)
+               if config.tracking else NullTracker())
     tracker.prepare()
     return _Plan(bars, split, folds, models, fixed, study_attrs, storage, names, tracker)
 
@@ -243,15 +245,20 @@ def _signals_held() -> Iterator[None]:
 def _register(model: Any, prepared: Any, keep: Any, study: Any, bars: Any, split: Any,
               result: TuneResult) -> list[Any]:
     """Register this invocation's entrants into the study's top-k; never fails the tuning."""
+    from optuna.trial import TrialState
+
     from tickertune.registry import register_top_k
 
     meta = {"ticker": bars.ticker, "study_name": study.study_name, "features": split.features.names,
             "data_fingerprint": bars.fingerprint, "data_source": bars.source,
             "code_version": code_version(), **split.dates()}
     try:
+        # Only trials the study holds as COMPLETE: another worker may have failed one (its
+        # heartbeat was late) after its objective had offered it.
+        complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         return register_top_k(
             ticker=bars.ticker, model=model, prepared=prepared, study_name=study.study_name,
-            candidates=keep.items, k=keep.k, meta=meta,
+            candidates=[c for c in keep.items if c.trial_number in complete], k=keep.k, meta=meta,
             val_dates=split.features.dates[split.val.rows], bars=bars.frame)
     except Exception as exc:  # noqa: BLE001 - the study is done; report, do not lose it
         msg = mask_secrets(f"registry: {type(exc).__name__}: {exc}".splitlines()[0])

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tickertune.config import mask_secrets
+from tickertune.config import MaskSecrets, mask_secrets
 from tickertune.dbinit import open_store
 from tickertune.errors import ConfigError
 from tickertune.procs import alive, host_id, start_time
@@ -41,6 +41,9 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow log_batch limits per call
 MAX_PARAM_LEN, MAX_TAG_LEN = 6000, 8000
 WRITER_NICE = 10
+# On an invocation's own parent run: who runs it, and when it last said it was alive.
+HOST_TAG, PID_TAG, PID_START_TAG = "tickertune.host", "tickertune.pid", "tickertune.pid_start"
+HEARTBEAT_TAG = "tickertune.heartbeat"  # unix seconds, refreshed by the writer process
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -62,10 +65,20 @@ def quiet_mlflow() -> None:
 
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+        for handler in logging.getLogger(name).handlers:  # MLflow's own: its texts quote URLs
+            if not any(isinstance(f, MaskSecrets) for f in handler.filters):
+                handler.addFilter(MaskSecrets())
+
+
+_DB_SCHEMES = ("postgresql:", "postgresql+", "mysql:", "mysql+", "mssql:", "mssql+")
 
 
 def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
-    """Fail fast (and before anything is written) when a tracking server does not answer."""
+    """Fail fast (and before anything is written) when a tracking server or database does
+    not answer: MLflow itself retries a database for about 100 s before it gives up."""
+    if tracking_uri and tracking_uri.startswith(_DB_SCHEMES):
+        _check_database(tracking_uri, timeout)
+        return
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     import base64
@@ -94,6 +107,26 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
                       f"({problem}); start it or pass --no-tracking")
 
 
+def _check_database(tracking_uri: str, timeout: float) -> None:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(tracking_uri, connect_args={"connect_timeout": int(timeout)})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except ImportError:
+        raise ConfigError(f"MLflow tracking store {mask_secrets(tracking_uri)} needs a database "
+                          f"driver: pip install 'tickertune[postgres]' (psycopg 3)") from None
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy and driver errors alike
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise ConfigError(f"MLflow tracking store {mask_secrets(tracking_uri)} is not reachable "
+                          f"({mask_secrets(first)}); check the server and the database, or pass --no-tracking") from None
+
+
 def open_client(tracking_uri: str) -> Any:
     """An MlflowClient whose store is open (schema created or migrated)."""
     from mlflow.tracking import MlflowClient
@@ -101,8 +134,12 @@ def open_client(tracking_uri: str) -> Any:
     return open_store(tracking_uri, lambda: MlflowClient(tracking_uri))
 
 
-def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int) -> None:
-    """The writer process: run MLflow calls, creates first, until told to stop."""
+def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int,
+                 beat_run: str | None = None, beat_every: float = 0.0) -> None:
+    """The writer process: run MLflow calls, creates first, until told to stop.
+
+    Every `beat_every` seconds it also stamps `beat_run` (the parent run) with the time, so
+    that an invocation on another machine can tell a dead worker's parent run from a live one."""
     # Ctrl-C in a terminal reaches the whole process group: the tuner handles it and
     # then tells the writer to drain and stop; the writer must not die half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -129,6 +166,17 @@ def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int
     pending: collections.deque = collections.deque()
     creates: collections.deque = collections.deque()
     stopping = False
+    next_beat = time.monotonic() + beat_every
+
+    def beat() -> None:
+        nonlocal next_beat
+        if not beat_run or not beat_every or time.monotonic() < next_beat:
+            return
+        next_beat = time.monotonic() + beat_every
+        try:
+            client.set_tag(beat_run, HEARTBEAT_TAG, str(int(time.time())))
+        except Exception:  # noqa: BLE001 - a missed beat is tried again next interval
+            pass
 
     def take(msg: tuple) -> None:
         nonlocal stopping
@@ -137,6 +185,7 @@ def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int
         (creates if msg[0] == "create" else pending).append(msg)
 
     while True:
+        beat()
         try:  # gather everything queued, then serve creates before anything else
             while True:
                 take(requests.get_nowait())
@@ -201,7 +250,7 @@ def log_summary_run(experiment: str, run_name: str, tags: dict[str, str], params
 class _Writer:
     """Client side of the writer process: send operations, get futures back."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, beat_run: str | None = None, beat_every: float = 0.0) -> None:
         # fork: the child starts instantly with mlflow already imported. It builds its
         # own client and database connections, never touching the parent's.
         ctx = multiprocessing.get_context("fork")
@@ -211,7 +260,8 @@ class _Writer:
         self._lock = threading.Lock()
         self.errors: list[str] = []
         self._proc = ctx.Process(target=_writer_main, name="tickertune-tracking",
-                                 args=(tracking_uri, self._requests, self._results, os.getpid()))
+                                 args=(tracking_uri, self._requests, self._results, os.getpid(),
+                                       beat_run, beat_every))
         self._proc.start()
         self._closed = False
         self._dead: str | None = None
@@ -354,7 +404,10 @@ class MlflowTracker:
 
     enabled = True
 
-    def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
+    def __init__(self, tracking_uri: str | None, experiment_name: str,
+                 heartbeat_interval: int = 10, grace_period: int = 60) -> None:
+        """`heartbeat_interval` (0: off) and `grace_period`, in seconds: how often the parent
+        run is stamped alive, and how long a stamp may age before the run counts as dead."""
         quiet_mlflow()
         import mlflow
 
@@ -369,6 +422,7 @@ class MlflowTracker:
         self._owns_parent = False
         self.writer: _Writer | None = None
         self._open: dict[int, TrialRun] = {}
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
 
     def prepare(self) -> None:
         """Reach the tracking store and resolve the experiment (or the `mlflow run` run).
@@ -405,8 +459,9 @@ class MlflowTracker:
             existing = dict(self._env_run.data.params)
         else:
             # Who runs it: a later invocation on this host closes the run if we are killed.
-            owner = {"tickertune.host": host_id(), "tickertune.pid": str(os.getpid()),
-                     "tickertune.pid_start": start_time(os.getpid())}
+            owner = {HOST_TAG: host_id(), PID_TAG: str(os.getpid()),
+                     PID_START_TAG: start_time(os.getpid()),
+                     **({HEARTBEAT_TAG: str(int(time.time()))} if self.heartbeat_interval else {})}
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **owner})
             self.parent_run_id = run.info.run_id
             self._owns_parent = True
@@ -414,7 +469,8 @@ class MlflowTracker:
         # Params are immutable: never re-log a key `mlflow run` already set from -P.
         fresh = {k: v for k, v in params.items() if k not in existing}
         self.log_parent(params=fresh, tags=tags if env_run else {})
-        self.writer = _Writer(self.tracking_uri)
+        self.writer = _Writer(self.tracking_uri, self.parent_run_id if self._owns_parent else None,
+                              self.heartbeat_interval)
         return self.parent_run_id
 
     def _experiment_id(self) -> str:
@@ -515,18 +571,28 @@ class MlflowTracker:
 
     def close_dead_invocations(self) -> None:
         """Close as FAILED the parent runs (and their open trial runs) of tickertune
-        processes on this host that are gone without ending them (kill -9, power loss)."""
-        host = host_id()
+        invocations that are gone without ending them (kill -9, power loss, a lost machine):
+        on this host, those whose process no longer exists; on any other host, those whose
+        heartbeat stamp is older than the grace period."""
+        host, now = host_id(), time.time()
         runs = self.client.search_runs(
-            [self.experiment_id], f"tags.`tickertune.host` = '{host}' and attributes.status = 'RUNNING'",
+            [self.experiment_id], f"tags.`{HOST_TAG}` != '' and attributes.status = 'RUNNING'",
             max_results=1000)
         for run in runs:
-            pid = run.data.tags.get("tickertune.pid", "")
-            if run.info.run_id == self.parent_run_id or not pid.isdigit() or \
-                    alive(int(pid), run.data.tags.get("tickertune.pid_start", "")):
+            tags = run.data.tags
+            pid = tags.get(PID_TAG, "")
+            if run.info.run_id == self.parent_run_id or not pid.isdigit():
                 continue
-            self._fail_invocation(run.info.run_id, f"its process (pid {pid} on {socket.gethostname()}) "
-                                  f"ended without closing the run (killed?)")
+            where = f"pid {pid} on {tags[HOST_TAG].split(':')[0]}"
+            if tags[HOST_TAG] == host:
+                if not alive(int(pid), tags.get(PID_START_TAG, "")):
+                    self._fail_invocation(run.info.run_id, f"its process ({where}) ended without "
+                                          f"closing the run (killed?)")
+                continue
+            stamp = tags.get(HEARTBEAT_TAG, "")
+            if self.heartbeat_interval and stamp.isdigit() and now - int(stamp) > self.grace_period:
+                self._fail_invocation(run.info.run_id, f"its process ({where}) stopped sending "
+                                      f"heartbeats {now - int(stamp):.0f} s ago (killed or lost)")
 
     def _fail_invocation(self, parent_id: str, why: str) -> None:
         """Close a dead invocation's parent run and any of its trial runs still RUNNING."""
@@ -555,10 +621,43 @@ class MlflowTracker:
                 self.end_trial(number, "FAIL", error="the invocation ended before this trial did")
             if self.writer is not None:
                 self.writer.close()
-        finally:  # whatever failed above, the parent run does not stay RUNNING
+        finally:  # whatever failed above, no run of ours stays RUNNING
+            if self.parent_run_id:
+                self._close_unended_trials()
+            if self.parent_run_id and self.experiment_id is not None:
+                try:  # the other workers' parents, while we are here (a dead one is found sooner)
+                    self.close_dead_invocations()
+                except Exception as exc:  # noqa: BLE001 - housekeeping
+                    log.debug("could not close dead invocations: %s", mask_secrets(str(exc)))
             if self._owns_parent and self.parent_run_id:
                 self.client.set_terminated(self.parent_run_id, status=status)
         return list(self.writer.errors) if self.writer is not None else []
+
+
+    def _close_unended_trials(self) -> None:
+        """Trial runs of this invocation whose end never landed (a failed write): FAILED."""
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}' and "
+                f"attributes.status = 'RUNNING'", max_results=1000)
+            for run in runs:
+                self._fail_run(run.info.run_id, "its end was not recorded (a tracking write failed)",
+                               {"trial_state": run.data.tags.get("trial_state", "FAIL")})
+                log.warning("closed MLflow run %s as FAILED: its end was not recorded", run.info.run_id)
+        except Exception as exc:  # noqa: BLE001 - the store itself is failing: nothing more to do
+            log.warning("could not check this invocation's trial runs: %s", mask_secrets(str(exc)))
+
+    def fail_trial_run(self, run_id: str | None, why: str) -> None:
+        """Mark a trial's run FAILED after its end was written (its trial was failed by
+        another worker between the objective's last check and Optuna's tell)."""
+        if not run_id:
+            return
+        if self.writer is not None:
+            self.writer.flush()  # the run's own end first, then this
+        try:
+            self._fail_run(run_id, why, {"trial_state": "FAIL", "discarded": "true"})
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not mark run %s FAILED: %s", run_id, mask_secrets(str(exc)))
 
 
 class NullTrialRun:
@@ -598,3 +697,6 @@ class NullTracker:
 
     def finish(self, status: str = "FINISHED") -> list[str]:
         return []
+
+    def fail_trial_run(self, run_id: str | None, why: str) -> None:
+        pass

@@ -515,9 +515,11 @@ def run_study(
         with graceful_stop() as stop:
             objective = make_objective(ctx, study, tracker, opened.pruner, errors, stop)
             started = [0]
+            current: list[optuna.Trial] = []
 
             def counted(trial: optuna.Trial) -> Any:
                 started[0] += 1
+                current[:] = [trial]
                 return objective(trial)
 
             while started[0] < n_trials:
@@ -532,9 +534,12 @@ def run_study(
                     if "Cannot tell a" not in str(cause):
                         raise
                     added["FAIL"] += 1
-                    log.warning("[%s] a trial was failed by another worker while it ran (no "
-                                "heartbeat for --grace-period: a stalled storage?); it stays FAIL",
-                                ctx.model.name)
+                    number = current[0].number if current else "?"
+                    why = (f"trial {number} was marked FAIL by another worker as it ended (no "
+                           f"heartbeat for --grace-period: a stalled storage?); its result is discarded")
+                    log.warning("[%s] %s", ctx.model.name, why)
+                    if current:  # its run was ended FINISHED a moment before the refusal
+                        tracker.fail_trial_run(current[0].user_attrs.get("mlflow_run_id"), why)
                     stop.check()
     finally:
         if bar is not None:
