@@ -18,7 +18,7 @@
 set -euo pipefail
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
-mask() { sed -E -e 's#(://[^:/@]*:).*@#\1***@#' -e 's#([?&;](password|passwd|pwd)=)[^&]*#\1***#Ig' <<<"$1"; }
+mask() { sed -E -e 's#(://[^:/@[:space:]]*):[^[:space:]]*@#\1:***@#g' -e 's#([?&;](password|passwd|pwd)=)[^&[:space:]]*#\1***#Ig' <<<"$1"; }
 die() { echo "launch_workers.sh: error: $*" >&2; exit 2; }
 
 [[ $# -ge 1 && $1 != -* ]] || usage

@@ -38,7 +38,7 @@ die() { echo "mlflow_server.sh: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
 # user:password@host -> user:***@host (never print a password from a URL)
-mask() { sed -E 's#(://[^:/@[:space:]]*):[^/[:space:]]*@#\1:***@#g' <<<"$1"; }
+mask() { sed -E -e 's#(://[^:/@[:space:]]*):[^[:space:]]*@#\1:***@#g' -e 's#([?&;](password|passwd|pwd)=)[^&[:space:]]*#\1***#Ig' <<<"$1"; }
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
 
@@ -178,7 +178,8 @@ try:
 except ImportError:
     import psycopg as driver
 def masked(text):
-    return re.sub(r"(://[^:/@\s]*):[^/\s]*@", r"\1:***@", str(text))
+    text = re.sub(r"(://[^:/@\s]*):\S*?@(?=[^@\s]*(?:\s|$))", r"\1:***@", str(text))
+    return re.sub(r"([?&;](?:password|passwd|pwd)=)[^&\s]+", r"\1***", text, flags=re.I)
 try:
     con = driver.connect(admin, connect_timeout=5)
 except Exception as exc:

@@ -159,3 +159,6 @@ def test_printed_passwords_are_masked():
     for text in ("http://localhost:5000/x?to=a@b.c", "mail user@example.com", "http://u@h:5000/x"):
         assert mask_secrets(text) == text
     assert mask_secrets("postgresql://user@srv:Secr3t@host/db") == "postgresql://user@srv:***@host/db"
+    # SQLAlchemy takes an unencoded '?', '#' or '/' in a password
+    assert mask_secrets("cannot open postgresql://u:pa?s#1/x@h:5432/db: refused") == \
+        "cannot open postgresql://u:***@h:5432/db: refused"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,10 @@ DEFAULT_EXPERIMENT = "tickertune"
 STORAGE_ENV = "TICKERTUNE_STORAGE"
 
 # user:password@host, where the password may itself hold '@' (up to the last '@' of the URL)
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/\s]*:)(?P<pw>[^\s?#]*?)@(?=[^@\s]*$|[^@\s]*\s)")
+# SQLAlchemy accepts an unencoded '?', '#' or '/' in a password, so may we; but digits and
+# then '/', '?' or '#' are a port and a path (http://host:5000/x?to=a@b.c holds no password).
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/\s]*:)(?!\d+[/?#])(?P<pw>\S*?)@(?=[^@\s]*$|[^@\s]*\s)")
 _PASSWORD_PARAM = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd)=)(?P<pw>[^&\s]+)", re.I)
 
 
@@ -86,6 +89,10 @@ class TuneConfig:
     heartbeat_interval: int = 10  # seconds; RDB storages (SQLite, PostgreSQL); 0 = off
     grace_period: int = 60  # seconds without a heartbeat before a trial counts as dead
     worker_id: int = 0  # distinct per parallel worker: its sampler starts elsewhere
+
+    def __repr__(self) -> str:  # a traceback or a log line may show it: no password in clear
+        items = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"TuneConfig({mask_secrets(items)})"
 
     def __post_init__(self) -> None:
         self.ticker = self.ticker.strip().upper()

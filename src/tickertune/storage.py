@@ -79,11 +79,6 @@ class Storage:
     kind: str  # sqlite | journal | postgresql | other
     stale: StaleTrials | None = None  # set when heartbeats are on
 
-    @property
-    def shared(self) -> bool:
-        """Several machines can use it at once."""
-        return self.kind == "postgresql"
-
 
 def kind_of(url: str) -> str:
     if url.startswith("journal:"):
