@@ -135,6 +135,43 @@ def test_aliases_settle_on_the_true_top_k_under_concurrent_registration(tmp_path
     assert sorted(client.get_registered_model(name).aliases) == ["rank-1", "rank-2", "rank-3"]
 
 
+def test_aliases_settle_when_another_worker_registers_between_read_and_write(tmp_path):
+    """The worst interleaving, made on purpose: each time this worker writes an alias,
+    another worker first registers a better version and writes its own (stale) view.
+    The aliases still end at the true top-2, and the other worker's stray rank-3 is gone."""
+    real = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    name = "tickertune-RACE-xgb"
+    real.create_registered_model(name)
+
+    def register(trial: int, value: float) -> str:
+        return real.create_model_version(name, source=f"/tmp/none-{trial}", tags={
+            "study_name": "s", "trial_number": str(trial), "val_logloss": repr(value)}).version
+
+    for trial, value in ((0, 0.70), (1, 0.69)):
+        register(trial, value)
+    sneaked = iter([(10, 0.60), (11, 0.59)])
+
+    class Racing:
+        """The real client, with another worker's registration slipped before each write."""
+
+        def __getattr__(self, attr):
+            return getattr(real, attr)
+
+        def set_registered_model_alias(self, model, alias, version):
+            entry = next(sneaked, None)
+            if entry is not None:
+                stale = register(*entry)
+                real.set_registered_model_alias(model, "rank-3", stale)  # its own, other k
+            real.set_registered_model_alias(model, alias, version)
+
+    ranked = settle_aliases(Racing(), name, "s", 2)
+    assert [(r.alias, r.trial_number) for r in ranked] == [("rank-1", 11), ("rank-2", 10)]
+    aliases = real.get_registered_model(name).aliases
+    assert sorted(aliases) == ["rank-1", "rank-2"]
+    assert {a: real.get_model_version(name, v).tags["trial_number"] for a, v in aliases.items()} == {
+        "rank-1": "11", "rank-2": "10"}
+
+
 def test_a_stale_launcher_pid_is_ignored(monkeypatch):
     """A worker's environment variable inherited by an unrelated run must not stop it."""
     import threading as th
