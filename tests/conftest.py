@@ -43,6 +43,31 @@ def run_cli(args: list[str], cwd: Path, **kw):
                           timeout=kw.pop("timeout", 600), **kw)
 
 
+def study_trials(storage: str, study: str) -> list | None:
+    """The trials of `study` while another process may still be creating it; None until
+    it exists. A SQLite file is read through a read-only connection: opening it the usual
+    way writes Optuna's version row, which can race the tuner's own schema setup."""
+    import optuna
+    import sqlalchemy.exc
+
+    if storage.startswith("sqlite:///"):
+        path = storage[len("sqlite:///"):]
+        if not os.path.exists(path):
+            return None
+        storage = f"sqlite:///file:{path}?mode=ro&uri=true"
+    not_yet = (KeyError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
+    try:
+        rdb = optuna.storages.RDBStorage(storage)
+    except not_yet:
+        return None  # the schema (or its version row) is not there yet
+    try:
+        return optuna.load_study(study_name=study, storage=rdb).get_trials(deepcopy=False)
+    except not_yet:
+        return None  # no study yet
+    finally:
+        rdb.engine.dispose()
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------
 # .ci/run starts the server and exports TICKERTUNE_TEST_PG (a fresh database); outside CI
 # the local server's `postgres` database is the default. Each test gets its own database.

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SHORT, cli_env, run_cli
+from tests.conftest import SHORT, cli_env, run_cli, study_trials
 
 # Short heartbeats so the test need not wait the default 60 s grace period.
 BEAT = ["--heartbeat-interval", "1", "--grace-period", "3"]
@@ -25,13 +25,7 @@ STUDY = "transformer_tuning_AAPL"
 
 def _running_trial(storage: str) -> optuna.trial.FrozenTrial | None:
     """The RUNNING trial once it is linked to its MLflow run and has reported an epoch."""
-    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
-        return None  # not created yet (and reading must not create it)
-    try:
-        study = optuna.load_study(study_name=STUDY, storage=storage)
-    except KeyError:
-        return None
-    for t in study.get_trials(deepcopy=False):
+    for t in study_trials(storage, STUDY) or []:
         if t.state.name == "RUNNING" and t.intermediate_values and "mlflow_run_id" in t.user_attrs:
             return t
     return None
