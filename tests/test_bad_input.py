@@ -7,7 +7,8 @@ For every row the test checks what a user sees and what is left behind:
 - that nothing was written: no study (and, where a study already exists, not one row of
   the study tables changed), no MLflow run, no best-params JSON; rows that fail before
   the storage is opened leave the working directory exactly as it was;
-- that it fails fast (under 20 s; unreachable storages and tracking servers included).
+- that it fails fast (under 20 s; unreachable storages and tracking servers included);
+- where the input holds a password, that it appears nowhere in what the run prints.
 
 Rows run in-process (`tickertune.cli.main`); a few also run as a real subprocess
 (`test_real_process`) to prove the exit code and that stderr holds that one line only.
@@ -198,6 +199,7 @@ class Row:
     # hidden), 'no-gpu' (skipped where CUDA is available)
     needs: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    secret: str = ""  # a password in the input: never in stdout, stderr or a log record
 
 
 def _csv(mutate: Callable[[pd.DataFrame], tuple[pd.DataFrame, str]]):
@@ -315,6 +317,16 @@ def _pg_refused(scheme: str = "postgresql", shown: str = "postgresql"):
     return build
 
 
+def _pg_password_refused(password: str):
+    """A refused PostgreSQL URL with a password: the message shows it as ***."""
+    def build(tmp, ctx):
+        url = f"postgresql://postgres:{password}@127.0.0.1:{ctx.free_port}/nodb"
+        shown = f"postgresql://postgres:***@127.0.0.1:{ctx.free_port}/nodb"
+        return ["AAPL", *RUN, "--storage", url], re.compile(
+            re.escape(f"{ERR}cannot open study storage {shown}: ") + r".*Connection refused.*")
+    return build
+
+
 def _pg_silent(tmp, ctx):
     url = f"postgresql://postgres@127.0.0.1:{ctx.silent_port}/db"
     return ["AAPL", *RUN, "--storage", url], re.compile(
@@ -354,11 +366,34 @@ def _tracking_down(tmp, ctx):
         + re.escape("); start it or pass --no-tracking"))
 
 
+def _tracking_password_down(tmp, ctx):
+    uri = f"http://tt:S3cret@127.0.0.1:{ctx.free_port}"
+    return ["AAPL", *RUN, "--tracking-uri", uri], re.compile(
+        re.escape(f"{ERR}MLflow tracking server http://tt:***@127.0.0.1:{ctx.free_port} is not reachable (")
+        + r".*Connection refused" + re.escape("); start it or pass --no-tracking"))
+
+
+def _tracking_pg(port: str, problem: str):
+    """A PostgreSQL tracking store: nothing listens ('free_port') or it never answers ('silent_port')."""
+    def build(tmp, ctx):
+        uri = f"postgresql://postgres@127.0.0.1:{getattr(ctx, port)}/mlflow"
+        return ["AAPL", *RUN, "--tracking-uri", uri], re.compile(
+            re.escape(f"{ERR}MLflow tracking store {uri} is not reachable (") + problem
+            + re.escape("); check the server and the database, or pass --no-tracking"))
+    return build
+
+
 def _tracking_silent(tmp, ctx):
     uri = f"http://127.0.0.1:{ctx.silent_port}"
     return ["AAPL", *RUN, "--tracking-uri", uri], re.compile(
         re.escape(f"{ERR}MLflow tracking server {uri} is not reachable (") + r".*timed out.*"
         + re.escape("); start it or pass --no-tracking"))
+
+
+def _workers_in_memory(url: str):
+    return _plain(["AAPL", *RUN, "--workers", "2", "--storage", url], (
+        f"{ERR}--workers 2 needs a storage every worker can open: {url} lives in one process; "
+        "use a file (sqlite:///results/tuning.db), journal:PATH or postgresql://..."))
 
 
 def _stale_run_id(tmp, ctx):
@@ -409,6 +444,8 @@ ROWS: dict[str, Row] = {
                                      f"{ERR}--worker-id must be 0 or more (got -1)")),
     "workers-with-bad-data": Row(_plain(["AAPL", *RUN, "--workers", "2", "--data", "csv:nope.csv"],
                                         f"{ERR}nope.csv: file not found")),
+    "workers-in-memory-storage": Row(_workers_in_memory("sqlite:///:memory:")),
+    "workers-in-memory-storage-short": Row(_workers_in_memory("sqlite://")),
     "storage-journal-directory": Row(_journal_directory),
     "cv-folds-1": Row(_plain(["AAPL", *RUN, "--cv-folds", "1"], f"{ERR}--cv-folds must be 2 or more (got 1)")),
     "top-k-negative": Row(_plain(["AAPL", *RUN, "--top-k", "-1"], f"{ERR}--top-k must be 0 or more (got -1)")),
@@ -431,6 +468,9 @@ ROWS: dict[str, Row] = {
     "study-other-cv-folds": Row(_cv_folds_study, strict=False),
     # -- study storage that cannot be used
     "storage-pg-refused": Row(_pg_refused(), needs=("pg",)),
+    "storage-pg-password-refused": Row(_pg_password_refused("S3cret"), needs=("pg",), secret="S3cret"),
+    "storage-pg-password-special-chars": Row(_pg_password_refused("pa?ss#1/x"), needs=("pg",),
+                                             secret="pa?ss#1/x"),
     "storage-pg-silent": Row(_pg_silent, needs=("pg", "silent")),
     "storage-pg-short-scheme-refused": Row(_pg_refused("postgres", "postgres"), needs=("pg",)),
     "storage-pg-no-driver": Row(_pg_no_driver, needs=("no-driver",)),
@@ -441,11 +481,17 @@ ROWS: dict[str, Row] = {
     # -- MLflow tracking that cannot be used
     "tracking-server-down": Row(_tracking_down),
     "tracking-server-silent": Row(_tracking_silent, needs=("silent",)),
+    "tracking-server-password-down": Row(_tracking_password_down, secret="S3cret"),
+    "tracking-pg-refused": Row(_tracking_pg("free_port", r".*Connection refused.*"), needs=("pg",)),
+    "tracking-pg-silent": Row(_tracking_pg("silent_port", r".*timeout expired.*"), needs=("pg", "silent")),
     "tracking-stale-mlflow-run-id": Row(_stale_run_id, strict=False, env={"MLFLOW_RUN_ID": STALE_RUN_ID}),
 }
 
-# Rows also run as a real process: argparse, a data error, a study conflict, a tracking error.
-SUBPROCESS_ROWS = ["trials-abc", "csv-header-only", "study-other-split", "tracking-server-down"]
+# Rows also run as a real process: argparse, a data error, a study conflict, a tracking error,
+# and the passwords (a real stderr also holds every log record and warning).
+SUBPROCESS_ROWS = ["trials-abc", "csv-header-only", "study-other-split", "tracking-server-down",
+                   "storage-pg-password-refused", "storage-pg-password-special-chars",
+                   "tracking-server-password-down"]
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -477,6 +523,12 @@ def _check_line(line: str, expected: object) -> None:
         assert line == expected
 
 
+def _check_no_secret(row: Row, *texts: str) -> None:
+    if row.secret:
+        for text in texts:
+            assert row.secret not in text, f"the password {row.secret!r} was printed:\n{text}"
+
+
 def _check_nothing_written(tmp: Path, row: Row, listing: list[str], studies: dict) -> None:
     db = tmp / "results" / "tuning.db"
     assert _db_rows(db, STUDY_TABLES) == studies, "the study storage changed"
@@ -488,7 +540,7 @@ def _check_nothing_written(tmp: Path, row: Row, listing: list[str], studies: dic
 
 
 @pytest.mark.parametrize("row_id", list(ROWS))
-def test_bad_input_is_refused(row_id, workdir, request, capsys, monkeypatch):
+def test_bad_input_is_refused(row_id, workdir, request, capsys, caplog, monkeypatch):
     row = ROWS[row_id]
     for k, v in row.env.items():
         monkeypatch.setenv(k, v)
@@ -519,6 +571,7 @@ def test_bad_input_is_refused(row_id, workdir, request, capsys, monkeypatch):
         assert len(lines) == 1, err
         _check_line(lines[0], expected)
     assert elapsed < FAST_S, f"took {elapsed:.1f} s"
+    _check_no_secret(row, out, err, caplog.text)
     _check_nothing_written(workdir, row, listing, studies)
     assert _study_trials(db) == trials
 
@@ -542,6 +595,7 @@ def test_real_process(row_id, tmp_path, request):
         assert len(lines) == 1, f"stderr should be one line:\n{proc.stderr}"
         _check_line(lines[0], expected)
     assert proc.stdout == ""
+    _check_no_secret(row, proc.stdout, proc.stderr)
     _check_nothing_written(tmp_path, row, listing, studies)
 
 
@@ -568,3 +622,18 @@ def test_controls(workdir, aapl_bars, tuned_db):
         attrs = {"cv_folds": 0, **chronological_split(build_features(b.frame), source=b.source).dates()}
         assert tuning.check_study("xgb_tuning_AAPL", storage, attrs) is not None
     storage.engine.dispose()
+
+
+@pytest.mark.parametrize("password", ["S3cret", "pa?ss#1/x", "p@ss:w/rd", "a#b", "x?y=1&z", "p%40ss"])
+def test_mask_secrets(password):
+    """A password in a URL is masked whatever it holds ('?', '#', '/', '@', ':', %-escapes),
+    inside a longer message and with a query string after the database."""
+    from tickertune.config import mask_secrets
+
+    for scheme in ("postgresql", "postgres", "postgresql+psycopg", "http", "https", "mysql"):
+        url = f"{scheme}://user:{password}@db.example:5432/name?sslmode=require"
+        text = f"cannot open study storage {url}: connection refused ({url})"
+        masked = mask_secrets(text)
+        assert password not in masked
+        shown = f"{scheme}://user:***@db.example:5432/name?sslmode=require"
+        assert masked == f"cannot open study storage {shown}: connection refused ({shown})"
