@@ -164,3 +164,59 @@ def test_sigint_stops_every_worker(tmp_path):
         assert w + END_LINE in text
     parents = _check_interrupted(tmp_path, victims, n_parents=2)
     assert sorted(r.data.tags.get("worker_id") for r in parents.values()) == ["1", "2"]
+
+
+def test_workers_stop_when_their_background_launcher_is_killed(tmp_path):
+    """`nohup tickertune tune --workers 2 ... &` then `kill -9` of the launcher: its workers
+    inherited SIGINT ignored (a background job's), yet each one notices its launcher is gone,
+    ends its trial and its parent run (KILLED) and exits; nothing is left RUNNING."""
+    from tickertune.procs import alive
+
+    err = tmp_path / "err.txt"
+    args = [*TUNE, "--trials", "100", "--workers", "2"]
+    with open(err, "w") as fh:
+        # As a non-interactive shell starts a background job: SIGINT ignored, inherited.
+        p = subprocess.Popen(["bash", "-c", "trap '' INT; exec \"$0\" -m tickertune \"$@\"",
+                              sys.executable, *args], cwd=tmp_path, env=cli_env(tmp_path),
+                             stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
+    try:
+        victims = _interrupt_mid_trial(p, err, tmp_path / "results" / "tuning.db", 2, signal.SIGKILL)
+        assert p.wait(timeout=30) == -signal.SIGKILL
+        pids = [int(line.split("pid ")[1].split(",")[0]) for line in err.read_text().splitlines()
+                if line.startswith("worker ") and ": pid " in line]
+        assert len(pids) == 2, err.read_text()
+        deadline = time.monotonic() + 120
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in pids), "a worker outlived its launcher"
+    finally:
+        _stop(p)
+    parents = _check_interrupted(tmp_path, victims, n_parents=2)
+    assert sorted(r.data.tags.get("worker_id") for r in parents.values()) == ["1", "2"]
+
+
+def test_ctrl_c_in_cv_mode_stops_inside_the_fold(tmp_path):
+    """With --cv-folds the stop is checked at every boosting round of every fold, not only
+    between folds: the interrupted trial's run has fold 1's metrics and no fold 2."""
+    study = "xgb_tuning_AAPL_cv2"
+    p, err = _start(tmp_path, [*TUNE, "--trials", "50", "--cv-folds", "2"])
+    try:
+        victim, deadline = None, time.monotonic() + 240
+        while victim is None and time.monotonic() < deadline and p.poll() is None:
+            trials = study_trials(f"sqlite:///{tmp_path}/results/tuning.db", study) or []
+            victim = next((t for t in trials if t.state.name == "RUNNING" and 1 in t.intermediate_values
+                           and "mlflow_run_id" in t.user_attrs), None)
+            if victim is None:
+                time.sleep(0.05)
+        assert victim is not None, err.read_text()[-3000:]
+        os.killpg(p.pid, signal.SIGINT)  # fold 2 of 600 rounds has just begun
+        code = p.wait(timeout=120)
+    finally:
+        _stop(p)
+    assert code == 130, err.read_text()[-3000:]
+    trial = {t.number: t for t in study_trials(f"sqlite:///{tmp_path}/results/tuning.db", study)}[victim.number]
+    assert trial.state.name == "FAIL" and sorted(trial.intermediate_values) == [1]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert (run.info.status, run.data.tags["interrupted"]) == ("FAILED", "true")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "fold/val_logloss")] == [1]

@@ -107,11 +107,12 @@ def launch(argv: Sequence[str], trials: int, workers: int, first_id: int = 1,
                 break
             except KeyboardInterrupt:
                 # Each worker ends its trial at its next step, closes its runs and exits 130;
-                # a second Ctrl-C stops them at once.
+                # a second Ctrl-C stops them at once. SIGTERM, not SIGINT: a worker started
+                # from a background job inherits SIGINT ignored; tickertune always handles TERM.
                 interrupted = True
-                _signal_all(procs, signal.SIGINT)
+                _signal_all(procs, signal.SIGTERM)
     except BaseException:
-        _signal_all(procs, signal.SIGINT)  # never leave a worker running behind us
+        _signal_all(procs, signal.SIGTERM)  # never leave a worker running behind us
         raise
     for t in pumps:
         t.join(timeout=5)
@@ -135,17 +136,21 @@ def _signal_all(procs: list[tuple[int, subprocess.Popen]], sig: int) -> None:
 
 def watch_launcher() -> None:
     """In a worker: when the launcher that started it dies (kill -9, lost terminal), stop
-    the way Ctrl-C does, so the trial and its runs end cleanly."""
+    the way Ctrl-C does (SIGTERM to itself), so the trial and its runs end cleanly."""
     pid, _, start = os.environ.pop(PARENT_ENV, "").partition(":")  # not for our own children
     if not pid.isdigit() or os.getppid() != int(pid) or start_time(int(pid)) != start:
         return  # not started by a live launcher (a stale variable from some shell)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Inherited from a background job (`nohup ... &`): the launcher, not a terminal,
+        # decides when this worker stops, and `kill -INT` on a worker should work too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def watch() -> None:
         while os.getppid() == int(pid):
-            time.sleep(1.0)
+            time.sleep(0.1)  # a getppid() call: cheap; the trial must still be running
         devnull = os.open(os.devnull, os.O_WRONLY)  # the launcher read our output; it is gone
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="tickertune-launcher-watch", daemon=True).start()
