@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +125,11 @@ def pg_url(pg_admin: str):
     url = pg_database(pg_admin, name)
     yield url
     drop_pg_database(pg_admin, name)
+
+
+class ExplodingPruner(optuna.pruners.BasePruner):
+    """An Optuna pruner with a bug (user code inside the trial loop that raises): every
+    trial it is asked about ends FAIL with 'ValueError: pruner exploded at step N'."""
+
+    def prune(self, study, trial) -> bool:
+        raise ValueError(f"pruner exploded at step {trial.last_step}")

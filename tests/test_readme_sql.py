@@ -9,7 +9,7 @@ import sqlite3
 import optuna
 import pytest
 
-from tests.conftest import REPO, SHORT
+from tests.conftest import REPO, SHORT, ExplodingPruner
 from tickertune.api import tune
 from tickertune.config import TuneConfig
 
@@ -28,8 +28,8 @@ def study_db(tmp_path_factory):
         mp.delenv(var, raising=False)
     try:
         tune(TuneConfig(ticker="AAPL", trials=6, seed=3, progress=False, **SHORT))
-        tune(TuneConfig(ticker="AAPL", trials=1, seed=3, progress=False, fixed_params={"eval_metric": "nonsense"},
-                        **SHORT))  # one FAIL trial
+        tune(TuneConfig(ticker="AAPL", trials=1, seed=3, progress=False, **SHORT),
+             pruner=ExplodingPruner())  # one FAIL trial
         tune(TuneConfig(ticker="NVDA", trials=2, seed=3, progress=False, pruner="none", **SHORT))
         tune(TuneConfig(ticker="AAPL", trials=3, seed=3, progress=False, pruner="none", top_k=0,
                         models=("transformer",), fixed_params={"max_epochs": 1}, device="cpu", **SHORT))

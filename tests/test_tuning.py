@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SHORT, run_cli
+from tests.conftest import SHORT, ExplodingPruner, run_cli
 from tickertune.api import tune
 from tickertune.config import TuneConfig
 from tickertune.results import read_best_params
@@ -123,18 +123,17 @@ def test_forced_prune_is_killed_with_its_steps(workdir):
 
 
 def test_failing_trial_is_failed_with_error_tag(workdir):
-    result = tune(_config(trials=2, fixed_params={"eval_metric": "nonsense"}))
+    result = tune(_config(trials=2, fixed_params={"tree_method": "approx"}), pruner=ExplodingPruner())
     study = result.outcomes["xgb"].study
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
-    assert "eval_metric" not in study.trials[0].params  # fixed, not sampled
+    assert "tree_method" not in study.trials[0].params  # fixed, not sampled
     _, trials = _runs(MlflowClient())
     assert len(trials) == 2
     for run in trials:
         assert run.info.status == "FAILED"
         assert run.data.tags["trial_state"] == "FAIL"
-        assert run.data.tags["error"].startswith("XGBoostError: ")
-        assert "nonsense" in run.data.tags["error"]
-        assert run.data.params["eval_metric"] == "nonsense"
+        assert run.data.tags["error"] == "ValueError: pruner exploded at step 1"
+        assert run.data.params["tree_method"] == "approx"
 
 
 def test_no_tracking_writes_no_mlflow_store(workdir):

@@ -194,7 +194,11 @@ def search_space(model: Model) -> dict[str, tuple]:
     return decls
 
 
-_NOT_SETTABLE = ("seed", "device")  # seed = --seed + trial number; device = --device
+# seed = --seed + trial number; device = --device; objective and eval_metric define the
+# task and the loss every study minimises (another would break pruning and comparison).
+_NOT_SETTABLE = ("seed", "device", "objective", "eval_metric")
+# Fixed settings that are strings: the values the library accepts.
+_FIXED_CHOICES = {"tree_method": ("hist", "approx", "exact")}
 
 
 def _checked(model: Model, key: str, value: Any, decl: tuple | None) -> Any:
@@ -205,6 +209,8 @@ def _checked(model: Model, key: str, value: Any, decl: tuple | None) -> Any:
             if str(value).lower() in ("true", "1", "false", "0"):
                 return str(value).lower() in ("true", "1")
             raise ConfigError(f"{where}: expected true or false")
+        if key in _FIXED_CHOICES and str(value) not in _FIXED_CHOICES[key]:
+            raise ConfigError(f"{where}: choose from {', '.join(_FIXED_CHOICES[key])}")
         if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number")
         if isinstance(default, int) and (not float(value).is_integer() or value < 1):
@@ -344,7 +350,8 @@ def make_objective(
         try:
             stop.check()
             if ctx.folds:
-                result, train_seconds = _fit_folds(model, all_params, ctx.folds, run, report)
+                result, train_seconds = _fit_folds(model, all_params, ctx.folds, run, report,
+                                                   lambda step, metrics: stop.check())
             else:
                 t_fit = time.perf_counter()
                 result = model.fit(all_params, ctx.prepared, reporter)
@@ -394,8 +401,10 @@ def _failed_elsewhere(study: optuna.Study, trial: optuna.Trial) -> bool:
 
 
 def _fit_folds(model: Model, params: dict[str, Any], folds: list[Any], run: Any,
-               report: Callable[[int, float], None]) -> tuple[Any, float]:
-    """Fit every walk-forward fold; report the running mean loss after each (step = fold)."""
+               report: Callable[[int, float], None],
+               inner: Callable[[int, dict[str, float]], None]) -> tuple[Any, float]:
+    """Fit every walk-forward fold; report the running mean loss after each (step = fold).
+    `inner` hears each fold's rounds/epochs (a Ctrl-C is noticed there, not a fold later)."""
     import numpy as np
 
     from tickertune.models.base import FitResult
@@ -403,7 +412,7 @@ def _fit_folds(model: Model, params: dict[str, Any], folds: list[Any], run: Any,
     losses, seconds, last = [], 0.0, None
     for i, prepared in enumerate(folds, start=1):
         t_fit = time.perf_counter()
-        last = model.fit(params, prepared, lambda step, metrics: None)
+        last = model.fit(params, prepared, inner)
         seconds += time.perf_counter() - t_fit
         losses.append(last.value)
         run.log_step(i, {"val_logloss": last.metrics["val_logloss"],
