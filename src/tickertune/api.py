@@ -196,32 +196,35 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
         status = "KILLED"
         raise
     finally:
-        # Whatever happened, the JSON and the parent reflect every trial that finished.
-        try:
-            for name, op in opened.items():
-                entry = best_entry(op.study)
-                if entry is not None:
-                    result.best[name + config.study_suffix] = entry
-            if result.best:
-                result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
-            if tracker.enabled and result.parent_run_id:
-                _summarise_parent(tracker, [op.study for op in opened.values()], result, base)
-        finally:
-            # A second Ctrl-C must not cut the final writes short (runs left RUNNING): it is
-            # held until they are done, then stops the process as usual.
-            with _signals_held():
-                result.tracking_errors = tracker.finish(status) + result.tracking_errors
+        # Whatever happened, the JSON and the parent reflect every trial that finished. A
+        # Ctrl-C here must not cut these writes short (a JSON missing, runs left RUNNING): it
+        # is held until they are done, then stops the process as usual (the parent KILLED);
+        # a second one interrupts at once, and the runs are still closed.
+        with _signals_held() as held:
+            try:
+                for name, op in opened.items():
+                    entry = best_entry(op.study)
+                    if entry is not None:
+                        result.best[name + config.study_suffix] = entry
+                if result.best:
+                    result.best_params_path = write_best_params(config.results_dir, bars.ticker, result.best)
+                if tracker.enabled and result.parent_run_id:
+                    _summarise_parent(tracker, [op.study for op in opened.values()], result, base)
+            finally:
+                result.tracking_errors = (tracker.finish("KILLED" if held else status)
+                                          + result.tracking_errors)
     return result
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def _signals_held() -> Iterator[list[int]]:
     """Let the block finish through one Ctrl-C/SIGTERM (it is raised afterwards); a second
-    one interrupts at once. Off the main thread, signals are left alone."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    one interrupts at once. Yields the signals seen so far (empty: none). Off the main
+    thread, signals are left alone."""
     seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
 
     def record(signum: int, _frame: Any) -> None:
         seen.append(signum)
@@ -233,7 +236,7 @@ def _signals_held() -> Iterator[None]:
         if old not in (signal.SIG_IGN, signal.SIG_DFL, None):
             signal.signal(sig, record)
     try:
-        yield
+        yield seen
     finally:
         for sig, old in previous.items():
             if old is not None:

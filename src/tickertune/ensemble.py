@@ -69,7 +69,7 @@ def _as_input(bars: pd.DataFrame) -> pd.DataFrame:
 
 
 def _client(tracking_uri: str | None):
-    from tickertune.tracking import quiet_mlflow
+    from tickertune.tracking import check_reachable, quiet_mlflow
 
     quiet_mlflow()
     import mlflow
@@ -81,6 +81,9 @@ def _client(tracking_uri: str | None):
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         # a lookup must not leave an empty store behind
         raise NotFoundError(f"no MLflow store at {uri[len('sqlite:///'):]}; run: tickertune tune TICKER")
+    # A server that is down would cost minutes of MLflow's retries, then a misleading
+    # "no registered model": say what is wrong within seconds instead.
+    check_reachable(uri, fallback=None)
     return MlflowClient()
 
 
@@ -264,50 +267,52 @@ def _log_evaluation(ticker: str, model: str, seg: HeldOutSegment, report: Evalua
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
+    from tickertune.tracking import closing_run, experiment_id
+
     ev = report.evaluation
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     kind = "ensemble" if model == "ensemble" else "evaluation"
-    run = client.create_run(exp_id, run_name=f"{kind}-{ticker}-{model}-{stamp}",
+    run = client.create_run(experiment_id(client, experiment),
+                            run_name=f"{kind}-{ticker}-{model}-{stamp}",
                             tags={"kind": kind, "ticker": ticker, "model": model,
                                   "data_fingerprint": seg.data_fingerprint})
     rid = run.info.run_id
-    ts = int(dt.datetime.now().timestamp() * 1000)
-    metrics = [Metric(k, v, ts, 0) for k, v in ev.metrics("test_").items()]
-    for row in report.table.to_dict("records"):
-        if row["model"] == ev.label or str(row["model"]).startswith("baseline"):
-            continue
-        for name in ("logloss", "accuracy", "auc", "brier"):
-            if np.isfinite(row[name]):
-                metrics.append(Metric(f"member.{_metric_key(row['model'])}.test_{name}", float(row[name]), ts, 0))
-    params = [Param("model", model),
-              Param("members", ", ".join(f"{m.label} (v{m.version})" for m in report.members)[:6000]),
-              Param("n_test_days", str(ev.n)), Param("bootstrap_block_days", str(ev.block)),
-              Param("bootstrap_resamples", str(ev.n_boot)), Param("bootstrap_seed", str(ev.seed))]
-    params += [Param(k, v) for k, v in seg.split_dates.items()]
-    tags = [RunTag("verdict", ev.verdict), RunTag("members", json.dumps([m.label for m in report.members]))]
-    client.log_batch(rid, metrics=metrics, params=params, tags=tags)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        report.table.to_csv(out / "test_scores.csv", index=False)
-        (out / "verdict.txt").write_text(report.text() + "\n")
-        y, p = seg.y, _aligned(seg, ev.label, report.probs[ev.label])
-        files = [out / "test_scores.csv", out / "verdict.txt"]
-        files += save_calibration_plots(y, p, out / "calibration", _metric_key(ev.label))
-        for f in files:
-            client.log_artifact(rid, str(f), "calibration" if f.suffix == ".png" else None)
     version = None
-    if register and model == "ensemble":
-        from tickertune.serving import EnsembleModel, example_bars, log_bars_model
+    with closing_run(client, rid):
+        ts = int(dt.datetime.now().timestamp() * 1000)
+        metrics = [Metric(k, v, ts, 0) for k, v in ev.metrics("test_").items()]
+        for row in report.table.to_dict("records"):
+            if row["model"] == ev.label or str(row["model"]).startswith("baseline"):
+                continue
+            for name in ("logloss", "accuracy", "auc", "brier"):
+                if np.isfinite(row[name]):
+                    key = f"member.{_metric_key(row['model'])}.test_{name}"
+                    metrics.append(Metric(key, float(row[name]), ts, 0))
+        params = [Param("model", model),
+                  Param("members", ", ".join(f"{m.label} (v{m.version})" for m in report.members)[:6000]),
+                  Param("n_test_days", str(ev.n)), Param("bootstrap_block_days", str(ev.block)),
+                  Param("bootstrap_resamples", str(ev.n_boot)), Param("bootstrap_seed", str(ev.seed))]
+        params += [Param(k, v) for k, v in seg.split_dates.items()]
+        tags = [RunTag("verdict", ev.verdict), RunTag("members", json.dumps([m.label for m in report.members]))]
+        client.log_batch(rid, metrics=metrics, params=params, tags=tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            report.table.to_csv(out / "test_scores.csv", index=False)
+            (out / "verdict.txt").write_text(report.text() + "\n")
+            y, p = seg.y, _aligned(seg, ev.label, report.probs[ev.label])
+            files = [out / "test_scores.csv", out / "verdict.txt"]
+            files += save_calibration_plots(y, p, out / "calibration", _metric_key(ev.label))
+            for f in files:
+                client.log_artifact(rid, str(f), "calibration" if f.suffix == ".png" else None)
+        if register and model == "ensemble":
+            from tickertune.serving import EnsembleModel, example_bars, log_bars_model
 
-        artifacts = {f"member_{i}": str(m.model_dir) for i, m in enumerate(report.members)}
-        kinds = {json.loads((m.model_dir / "pipeline.json").read_text())["kind"] for m in report.members}
-        info = log_bars_model(rid, artifacts, EnsembleModel, example_bars(seg.bars, 120), kinds)
-        with contextlib.redirect_stderr(io.StringIO()):
-            mv = mlflow.register_model(info.model_uri, registered_name(ticker, "ensemble"),
-                                       tags={"members": json.dumps([m.label for m in report.members])})
-        version = str(mv.version)
-    client.set_terminated(rid, "FINISHED")
+            artifacts = {f"member_{i}": str(m.model_dir) for i, m in enumerate(report.members)}
+            kinds = {json.loads((m.model_dir / "pipeline.json").read_text())["kind"] for m in report.members}
+            info = log_bars_model(rid, artifacts, EnsembleModel, example_bars(seg.bars, 120), kinds)
+            with contextlib.redirect_stderr(io.StringIO()):
+                mv = mlflow.register_model(info.model_uri, registered_name(ticker, "ensemble"),
+                                           tags={"members": json.dumps([m.label for m in report.members])})
+            version = str(mv.version)
     return rid, version

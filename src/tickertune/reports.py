@@ -151,23 +151,17 @@ def render_index(ticker: str, studies: list[Any], images: dict[str, list[Path]])
 
 def _log_report(ticker: str, files: list[Path], experiment: str) -> str:
     """One MLflow run `report-<TICKER>-<timestamp>` with the files under `report/`; its id."""
-    from tickertune.tracking import quiet_mlflow
+    from tickertune.tracking import closing_run, experiment_id, quiet_mlflow
 
     quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run = client.create_run(exp_id, run_name=f"report-{ticker}-{stamp}",
+    run = client.create_run(experiment_id(client, experiment), run_name=f"report-{ticker}-{stamp}",
                             tags={"kind": "report", "ticker": ticker})
     rid = run.info.run_id
-    try:
+    with closing_run(client, rid):
         for f in files:
             client.log_artifact(rid, str(f), "report")
-    except BaseException:
-        client.set_terminated(rid, "FAILED")
-        raise
-    client.set_terminated(rid, "FINISHED")
     return rid

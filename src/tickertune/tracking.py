@@ -15,6 +15,7 @@ finished trial loses its data.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -26,7 +27,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from tickertune.config import MaskSecrets, mask_secrets
 from tickertune.dbinit import open_store
@@ -73,11 +74,13 @@ def quiet_mlflow() -> None:
 _DB_SCHEMES = ("postgresql:", "postgresql+", "mysql:", "mysql+", "mssql:", "mssql+")
 
 
-def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
+def check_reachable(tracking_uri: str | None, timeout: float = 5.0,
+                    fallback: str | None = "pass --no-tracking") -> None:
     """Fail fast (and before anything is written) when a tracking server or database does
-    not answer: MLflow itself retries a database for about 100 s before it gives up."""
+    not answer: MLflow itself retries a database for about 100 s before it gives up.
+    `fallback`: what else the user can do, named in the message (None: nothing)."""
     if tracking_uri and tracking_uri.startswith(_DB_SCHEMES):
-        _check_database(tracking_uri, timeout)
+        _check_database(tracking_uri, timeout, fallback)
         return
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
@@ -104,10 +107,10 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as exc:
         problem = str(getattr(exc, "reason", exc))
     raise ConfigError(f"MLflow tracking server {mask_secrets(tracking_uri)} is not reachable "
-                      f"({problem}); start it or pass --no-tracking")
+                      f"({problem}); start it" + (f" or {fallback}" if fallback else ""))
 
 
-def _check_database(tracking_uri: str, timeout: float) -> None:
+def _check_database(tracking_uri: str, timeout: float, fallback: str | None) -> None:
     import sqlalchemy
 
     try:
@@ -124,7 +127,8 @@ def _check_database(tracking_uri: str, timeout: float) -> None:
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         raise ConfigError(f"MLflow tracking store {mask_secrets(tracking_uri)} is not reachable "
-                          f"({mask_secrets(first)}); check the server and the database, or pass --no-tracking") from None
+                          f"({mask_secrets(first)}); check the server and the database"
+                          + (f", or {fallback}" if fallback else "")) from None
 
 
 def open_client(tracking_uri: str) -> Any:
@@ -223,27 +227,57 @@ def _writer_main(tracking_uri: str, requests: Any, results: Any, parent_pid: int
             results.put((op_id, False, mask_secrets(f"{type(exc).__name__}: {exc}".splitlines()[0])))
 
 
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment `name`, created if missing; another process creating it at the
+    same moment (several workers, a report beside a tuning run) is not an error."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextlib.contextmanager
+def closing_run(client: Any, run_id: str) -> Iterator[None]:
+    """End run `run_id` FINISHED when the block ends, KILLED on Ctrl-C, FAILED on an error:
+    a one-shot run (summary, evaluation, report) is never left RUNNING."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        except Exception:  # noqa: BLE001 - the store is what failed: report the first error
+            pass
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
 def log_summary_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
                     metrics: dict[str, float], files: Iterable[Path] = ()) -> str:
     """One finished MLflow run holding the result of a command (cluster, generic params...)."""
     quiet_mlflow()
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    rid = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-    ts = _now_ms()
-    ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v == v]
-    ps = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
-    for chunk in _chunks(ms, MAX_METRICS):
-        client.log_batch(rid, metrics=chunk)
-    for chunk in _chunks(ps, MAX_PARAMS):
-        client.log_batch(rid, params=chunk)
-    for f in files:
-        client.log_artifact(rid, str(f))
-    client.set_terminated(rid, "FINISHED")
+    rid = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
+    with closing_run(client, rid):
+        ts = _now_ms()
+        ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v == v]
+        ps = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for chunk in _chunks(ms, MAX_METRICS):
+            client.log_batch(rid, metrics=chunk)
+        for chunk in _chunks(ps, MAX_PARAMS):
+            client.log_batch(rid, params=chunk)
+        for f in files:
+            client.log_artifact(rid, str(f))
     return rid
 
 
@@ -474,21 +508,8 @@ class MlflowTracker:
         return self.parent_run_id
 
     def _experiment_id(self) -> str:
-        from mlflow.exceptions import MlflowException
-
         env_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-        if env_id:
-            return env_id
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(self.experiment_name)
-        except MlflowException:  # another worker created it first
-            exp = self.client.get_experiment_by_name(self.experiment_name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return env_id or experiment_id(self.client, self.experiment_name)
 
     def log_parent(
         self,
@@ -567,32 +588,43 @@ class MlflowTracker:
                 log.warning("closed MLflow run %s of dead trial %d as FAILED", run.info.run_id, trial.number)
             parent = run.data.tags.get("mlflow.parentRunId")
             if parent and parent != self.parent_run_id:
-                self._fail_invocation(parent, f"a worker died: {why}")
+                # A worker that only stalled past the grace period (swapping, stopped) is
+                # alive: it ends its own parent; only a dead one's is closed here.
+                parent_run = self.client.get_run(parent)
+                tags = parent_run.data.tags
+                if self._dead(parent_run) or not (tags.get(PID_TAG) and tags.get(HOST_TAG)):
+                    self._fail_invocation(parent, f"a worker died: {why}")
 
     def close_dead_invocations(self) -> None:
         """Close as FAILED the parent runs (and their open trial runs) of tickertune
         invocations that are gone without ending them (kill -9, power loss, a lost machine):
         on this host, those whose process no longer exists; on any other host, those whose
         heartbeat stamp is older than the grace period."""
-        host, now = host_id(), time.time()
         runs = self.client.search_runs(
             [self.experiment_id], f"tags.`{HOST_TAG}` != '' and attributes.status = 'RUNNING'",
             max_results=1000)
         for run in runs:
-            tags = run.data.tags
-            pid = tags.get(PID_TAG, "")
-            if run.info.run_id == self.parent_run_id or not pid.isdigit():
-                continue
-            where = f"pid {pid} on {tags[HOST_TAG].split(':')[0]}"
-            if tags[HOST_TAG] == host:
-                if not alive(int(pid), tags.get(PID_START_TAG, "")):
-                    self._fail_invocation(run.info.run_id, f"its process ({where}) ended without "
-                                          f"closing the run (killed?)")
-                continue
-            stamp = tags.get(HEARTBEAT_TAG, "")
-            if self.heartbeat_interval and stamp.isdigit() and now - int(stamp) > self.grace_period:
-                self._fail_invocation(run.info.run_id, f"its process ({where}) stopped sending "
-                                      f"heartbeats {now - int(stamp):.0f} s ago (killed or lost)")
+            if run.info.run_id != self.parent_run_id:
+                why = self._dead(run)
+                if why:
+                    self._fail_invocation(run.info.run_id, why)
+
+    def _dead(self, parent: Any) -> str | None:
+        """Why the invocation of parent run `parent` is gone, or None while it may be alive
+        (its process exists, its heartbeat is fresh, or nothing tells)."""
+        tags = parent.data.tags
+        pid = tags.get(PID_TAG, "")
+        if not pid.isdigit() or not tags.get(HOST_TAG):
+            return None
+        where = f"pid {pid} on {tags[HOST_TAG].split(':')[0]}"
+        if tags[HOST_TAG] == host_id():
+            if alive(int(pid), tags.get(PID_START_TAG, "")):
+                return None
+            return f"its process ({where}) ended without closing the run (killed?)"
+        stamp, now = tags.get(HEARTBEAT_TAG, ""), time.time()
+        if self.heartbeat_interval and stamp.isdigit() and now - int(stamp) > self.grace_period:
+            return f"its process ({where}) stopped sending heartbeats {now - int(stamp):.0f} s ago (killed or lost)"
+        return None
 
     def _fail_invocation(self, parent_id: str, why: str) -> None:
         """Close a dead invocation's parent run and any of its trial runs still RUNNING."""
