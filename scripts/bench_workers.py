@@ -55,6 +55,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 sys.path.insert(0, str(SRC))  # part 2 imports tickertune from this checkout
+from tickertune.config import mask_secrets  # noqa: E402 - after the path
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -100,7 +101,7 @@ class PgDatabases:
             try:
                 self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             except Exception as exc:  # noqa: BLE001 - keep dropping the others
-                print(f"could not drop database {name}: {exc}", file=sys.stderr)
+                print(f"could not drop database {name}: {mask_secrets(str(exc))}", file=sys.stderr)
         self.names.clear()
 
 
@@ -420,7 +421,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _sigterm)
 
     problem = pg_problem(args.pg)
-    pg_note = f"PostgreSQL at {args.pg} {problem}: its parts are skipped" if problem else None
+    pg_note = (f"PostgreSQL at {mask_secrets(args.pg)} {mask_secrets(problem)}: its parts are skipped"
+               if problem else None)
     if pg_note:
         print(pg_note, file=sys.stderr)
     pg = PgDatabases(args.pg) if not problem else None

@@ -200,6 +200,7 @@ class Row:
     needs: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     secret: str = ""  # a password in the input: never in stdout, stderr or a log record
+    command: str = "tune"
 
 
 def _csv(mutate: Callable[[pd.DataFrame], tuple[pd.DataFrame, str]]):
@@ -346,6 +347,34 @@ def _sqlite_parent_is_file(tmp, ctx):
         f"{ERR}cannot open study storage {url}: [Errno 17] File exists: '{tmp}/blocker'")
 
 
+def _pg_missing_database(tmp, ctx):
+    """The server answers, the database is not there (a typo, not yet created)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(ctx.pg_admin).set(database="tickertune_no_such_db").render_as_string(hide_password=False)
+    return ["AAPL", *RUN, "--storage", url], re.compile(
+        re.escape(f"{ERR}cannot open study storage {url}: (psycopg.OperationalError) connection failed: ")
+        + r'.*database "tickertune_no_such_db" does not exist')
+
+
+def _deleted_experiment(tmp, ctx):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    client.delete_experiment(client.create_experiment("tickertune"))
+    return ["AAPL", *RUN], (f"{ERR}MLflow experiment 'tickertune' is deleted; restore it "
+                            "(mlflow experiments restore) or pass --experiment")
+
+
+def _server_down_for(command: str):
+    """A command other than tune that reads the registry, with the server down."""
+    def build(tmp, ctx):
+        uri = f"http://127.0.0.1:{ctx.free_port}"
+        return ["AAPL", "--tracking-uri", uri], re.compile(
+            re.escape(f"{ERR}MLflow tracking server {uri} is not reachable (") + r".*Connection refused\); start it")
+    return build
+
+
 def _journal_directory(tmp, ctx):
     (tmp / "store").mkdir()
     url = f"journal:{tmp}/store"
@@ -447,6 +476,8 @@ ROWS: dict[str, Row] = {
     "workers-in-memory-storage": Row(_workers_in_memory("sqlite:///:memory:")),
     "workers-in-memory-storage-short": Row(_workers_in_memory("sqlite://")),
     "storage-journal-directory": Row(_journal_directory),
+    "storage-journal-no-path": Row(_plain(["AAPL", *RUN, "--storage", "journal:"], (
+        f"{ERR}--storage journal:PATH needs a file path, e.g. journal:results/tuning.log"))),
     "cv-folds-1": Row(_plain(["AAPL", *RUN, "--cv-folds", "1"], f"{ERR}--cv-folds must be 2 or more (got 1)")),
     "top-k-negative": Row(_plain(["AAPL", *RUN, "--top-k", "-1"], f"{ERR}--top-k must be 0 or more (got -1)")),
     "cv-with-multi-objective": Row(_plain(["AAPL", *RUN, "--cv-folds", "3", "--multi-objective"],
@@ -461,6 +492,14 @@ ROWS: dict[str, Row] = {
     "set-out-of-range": Row(_plain(["AAPL", *RUN, "--set", "xgb.max_depth=999"],
                                    f"{ERR}--set xgb.max_depth=999: outside the search range [2, 8]")),
     "set-not-key-value": Row(_plain(["AAPL", *RUN, "--set", "foo"], f"{ERR}--set 'foo' is not KEY=VALUE")),
+    "set-not-a-number": Row(_plain(["AAPL", *RUN, "--set", "xgb.max_depth=abc"],
+                                   f"{ERR}--set xgb.max_depth=abc: expected a number in [2, 8]")),
+    "set-other-model": Row(_plain(["AAPL", *RUN, "--model", "xgb", "--set", "transformer.window=10"],
+                                  f"{ERR}--set transformer.window: 'transformer' is not a model of this run (xgb)")),
+    "set-bad-choice": Row(_plain(["AAPL", *RUN, "--set", "tree_method=foo"],
+                                 f"{ERR}--set xgb.tree_method=foo: choose from hist, approx, exact")),
+    "set-the-loss": Row(_plain(["AAPL", *RUN, "--set", "eval_metric=auc"], re.compile(
+        re.escape(f"{ERR}--set eval_metric: unknown parameter; known: ") + r"(?!.*eval_metric).*"))),
     # -- an existing study of another split or mode (tracking on: it must not start either)
     "study-other-split": Row(_split_conflict, strict=False, needs=("study",)),
     "study-other-mode-2-objectives": Row(_two_objective_study, strict=False),
@@ -468,6 +507,7 @@ ROWS: dict[str, Row] = {
     "study-other-cv-folds": Row(_cv_folds_study, strict=False),
     # -- study storage that cannot be used
     "storage-pg-refused": Row(_pg_refused(), needs=("pg",)),
+    "storage-pg-missing-database": Row(_pg_missing_database, needs=("pg", "pg-server")),
     "storage-pg-password-refused": Row(_pg_password_refused("S3cret"), needs=("pg",), secret="S3cret"),
     "storage-pg-password-special-chars": Row(_pg_password_refused("pa?ss#1/x"), needs=("pg",),
                                              secret="pa?ss#1/x"),
@@ -484,6 +524,9 @@ ROWS: dict[str, Row] = {
     "tracking-server-password-down": Row(_tracking_password_down, secret="S3cret"),
     "tracking-pg-refused": Row(_tracking_pg("free_port", r".*Connection refused.*"), needs=("pg",)),
     "tracking-pg-silent": Row(_tracking_pg("silent_port", r".*timeout expired.*"), needs=("pg", "silent")),
+    "tracking-experiment-deleted": Row(_deleted_experiment, strict=False),
+    "ensemble-server-down": Row(_server_down_for("ensemble"), command="ensemble"),
+    "evaluate-server-down": Row(_server_down_for("evaluate"), command="evaluate"),
     "tracking-stale-mlflow-run-id": Row(_stale_run_id, strict=False, env={"MLFLOW_RUN_ID": STALE_RUN_ID}),
 }
 
@@ -510,10 +553,12 @@ def _prepare(row: Row, tmp: Path, request) -> tuple[list[str], object]:
     ctx = SimpleNamespace(aapl=request.getfixturevalue("aapl_bars"), free_port=_free_port())
     if "silent" in row.needs:
         ctx.silent_port = request.getfixturevalue("silent_server")
+    if "pg-server" in row.needs:
+        ctx.pg_admin = request.getfixturevalue("pg_admin")
     if "study" in row.needs:
         _copy_db(request.getfixturevalue("tuned_db"), tmp / "results" / "tuning.db")
     args, expected = row.build(tmp, ctx)
-    return ["tune", *args], expected
+    return [row.command, *args], expected
 
 
 def _check_line(line: str, expected: object) -> None:
@@ -624,13 +669,21 @@ def test_controls(workdir, aapl_bars, tuned_db):
     storage.engine.dispose()
 
 
-@pytest.mark.parametrize("password", ["S3cret", "pa?ss#1/x", "p@ss:w/rd", "a#b", "x?y=1&z", "p%40ss"])
+@pytest.mark.parametrize("password", ["S3cret", "pa?ss#1/x", "p@ss:w/rd", "a#b", "x?y=1&z", "p%40ss",
+                                      "2024/pw", "12#x", "99?q"])
 def test_mask_secrets(password):
-    """A password in a URL is masked whatever it holds ('?', '#', '/', '@', ':', %-escapes),
-    inside a longer message and with a query string after the database."""
+    """A password in a URL is masked whatever it holds ('?', '#', '/', '@', ':', %-escapes,
+    digits first), inside a longer message and with a query string after the database.
+    Digits then '/', '?' or '#' in an http URL are a port and a path (urllib reads
+    http://u:2024/pw@h as host u, port 2024): nothing to mask there."""
     from tickertune.config import mask_secrets
 
+    port_first = re.match(r"\d+[/?#]", password) is not None
     for scheme in ("postgresql", "postgres", "postgresql+psycopg", "http", "https", "mysql"):
+        if port_first and scheme.startswith("http"):
+            url = f"{scheme}://user:{password}@db.example:5432/name"
+            assert mask_secrets(url) == url
+            continue
         url = f"{scheme}://user:{password}@db.example:5432/name?sslmode=require"
         text = f"cannot open study storage {url}: connection refused ({url})"
         masked = mask_secrets(text)

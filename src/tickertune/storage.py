@@ -140,9 +140,9 @@ class _RDBStorage(optuna.storages.RDBStorage):
 def _journal(url: str) -> optuna.storages.BaseStorage:
     from optuna.storages.journal import JournalFileBackend
 
-    path = Path(url[len("journal:"):])
-    if not str(path):
+    if not url[len("journal:"):].strip():  # Path("") would be ".", a directory
         raise ConfigError("--storage journal:PATH needs a file path, e.g. journal:results/tuning.log")
+    path = Path(url[len("journal:"):])
     if path.is_dir():
         raise ConfigError(f"study storage {url} is a directory, not a journal file")
     path.parent.mkdir(parents=True, exist_ok=True)
