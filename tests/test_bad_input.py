@@ -690,3 +690,21 @@ def test_mask_secrets(password):
         assert password not in masked
         shown = f"{scheme}://user:***@db.example:5432/name?sslmode=require"
         assert masked == f"cannot open study storage {shown}: connection refused ({shown})"
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    # a password in a URL inside another URL's path or query is still found
+    ("http://h:5000/login?next=postgresql://u:S3cret@db/x", "http://h:5000/login?next=postgresql://u:***@db/x"),
+    ("https://proxy:3128/http://u:S3cret@h/x", "https://proxy:3128/http://u:***@h/x"),
+    # ports and paths of non-database URLs are not passwords
+    ("mlflow-artifacts://host:5000/a@b", "mlflow-artifacts://host:5000/a@b"),
+    ("git+https://h:443/r@v1", "git+https://h:443/r@v1"),
+    ("s3://b:1/x@y", "s3://b:1/x@y"),
+    ("models:/tickertune-AAPL-xgb@rank-1", "models:/tickertune-AAPL-xgb@rank-1"),
+    ("POSTGRESQL://u:pw@h/db", "POSTGRESQL://u:***@h/db"),
+    ("mysql+pymysql://u:1/2@h/db", "mysql+pymysql://u:***@h/db"),
+])
+def test_mask_secrets_in_context(text, masked):
+    from tickertune.config import mask_secrets
+
+    assert mask_secrets(text) == masked

@@ -38,14 +38,15 @@ def test_sigkill_mid_trial_is_failed_retried_and_its_runs_closed(tmp_path, backe
                else f"sqlite:///{tmp_path}/results/tuning.db")
     env = cli_env(tmp_path)
     err = open(tmp_path / "first.txt", "w")
-    first = subprocess.Popen([sys.executable, "-m", "tickertune", *TUNE, "--trials", "5",
+    # More trials than it can run before it is seen mid-trial: it never ends on its own.
+    first = subprocess.Popen([sys.executable, "-m", "tickertune", *TUNE, "--trials", "20",
                               "--storage", storage], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     victim, deadline = None, time.time() + 300
     while victim is None and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
         victim = _running_trial(storage)
-    assert victim is not None, (tmp_path / "first.txt").read_text()
+    assert victim is not None, f"exit {first.poll()}:\n" + (tmp_path / "first.txt").read_text()[-3000:]
     os.kill(first.pid, signal.SIGKILL)  # the tuning process only, as a crash or the OOM killer would
     assert first.wait(timeout=30) == -signal.SIGKILL
 

@@ -208,7 +208,7 @@ def test_ctrl_c_in_cv_mode_stops_inside_the_fold(tmp_path):
                            and "mlflow_run_id" in t.user_attrs), None)
             if victim is None:
                 time.sleep(0.05)
-        assert victim is not None, err.read_text()[-3000:]
+        assert victim is not None, f"no trial in fold 2 (exit {p.poll()}):\n{err.read_text()[-3000:]}"
         os.killpg(p.pid, signal.SIGINT)  # fold 2 of 600 rounds has just begun
         code = p.wait(timeout=120)
     finally:

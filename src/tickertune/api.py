@@ -198,8 +198,8 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
     finally:
         # Whatever happened, the JSON and the parent reflect every trial that finished. A
         # Ctrl-C here must not cut these writes short (a JSON missing, runs left RUNNING): it
-        # is held until they are done, then stops the process as usual (the parent KILLED);
-        # a second one interrupts at once, and the runs are still closed.
+        # is held until they are done, then stops the process as usual (the parent KILLED).
+        # A second one cuts the summary short; closing the runs holds one press of its own.
         with _signals_held() as held:
             try:
                 for name, op in opened.items():
@@ -211,8 +211,9 @@ def tune(config: TuneConfig, *, pruner: Any = None) -> TuneResult:
                 if tracker.enabled and result.parent_run_id:
                     _summarise_parent(tracker, [op.study for op in opened.values()], result, base)
             finally:
-                result.tracking_errors = (tracker.finish("KILLED" if held else status)
-                                          + result.tracking_errors)
+                with _signals_held() as held_closing:
+                    result.tracking_errors = (tracker.finish("KILLED" if held or held_closing else status)
+                                              + result.tracking_errors)
     return result
 
 
@@ -230,6 +231,8 @@ def _signals_held() -> Iterator[list[int]]:
         seen.append(signum)
         if len(seen) > 1:
             raise KeyboardInterrupt(f"signal {signum}")
+        print("tickertune: finishing the final writes first (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig, old in previous.items():

@@ -21,24 +21,19 @@ STORAGE_ENV = "TICKERTUNE_STORAGE"
 
 # user:password@host, where the password may itself hold '@' (up to the last '@' of the URL).
 # A database URL is read the SQLAlchemy way: everything between 'user:' and that '@' is the
-# password, unencoded '/', '?' and '#' included ('postgresql://u:2024/pw@host/db'). An
-# http(s) URL is read the urllib way: digits and then '/', '?' or '#' are a port and a path
-# (http://host:5000/x?to=a@b.c holds no password).
+# password, unencoded '/', '?' and '#' included ('postgresql://u:2024/pw@host/db'). Any
+# other URL is read the urllib way: digits and then '/', '?' or '#' are a port and a path
+# (http://host:5000/x?to=a@b.c holds no password, and a URL after it is still read).
+_DB_SCHEME = r"(?i:postgres(?:ql)?|mysql|mariadb|mssql|oracle|sqlite|cockroachdb)(?:\+[a-zA-Z0-9_]+)?"
 _PASSWORD_IN_URL = re.compile(
-    r"(?P<head>(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*)://[^:/\s]*:)(?P<pw>\S*?)@(?=[^@\s]*$|[^@\s]*\s)")
-_PORT_AND_PATH = re.compile(r"\d+[/?#]")
+    r"(?<![a-zA-Z0-9+.\-])(?P<head>(?:" + _DB_SCHEME + r"://[^:/\s]*:"
+    r"|[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/\s]*:(?!\d+[/?#])))(?P<pw>\S*?)@(?=[^@\s]*$|[^@\s]*\s)")
 _PASSWORD_PARAM = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd)=)(?P<pw>[^&\s]+)", re.I)
-
-
-def _mask_url(m: re.Match) -> str:
-    if m["scheme"].lower() in ("http", "https") and _PORT_AND_PATH.match(m["pw"]):
-        return m[0]
-    return m["head"] + "***@"
 
 
 def mask_secrets(text: str) -> str:
     """Replace passwords in URLs (`scheme://user:pw@host`, `?password=pw`) with ***."""
-    text = _PASSWORD_IN_URL.sub(_mask_url, text)
+    text = _PASSWORD_IN_URL.sub(r"\g<head>***@", text)
     return _PASSWORD_PARAM.sub(r"\g<head>***", text)
 
 

@@ -103,6 +103,8 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0,
                 return
             problem = f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # it answers; credentials (a token, env vars) are MLflow's business
+            return
         problem = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         problem = str(getattr(exc, "reason", exc))
@@ -592,7 +594,9 @@ class MlflowTracker:
                 # alive: it ends its own parent; only a dead one's is closed here.
                 parent_run = self.client.get_run(parent)
                 tags = parent_run.data.tags
-                if self._dead(parent_run) or not (tags.get(PID_TAG) and tags.get(HOST_TAG)):
+                # Its writer stamped the parent up to one interval after the trial's last beat.
+                if (self._dead(parent_run, slack=self.heartbeat_interval)
+                        or not (tags.get(PID_TAG) and tags.get(HOST_TAG))):
                     self._fail_invocation(parent, f"a worker died: {why}")
 
     def close_dead_invocations(self) -> None:
@@ -609,9 +613,10 @@ class MlflowTracker:
                 if why:
                     self._fail_invocation(run.info.run_id, why)
 
-    def _dead(self, parent: Any) -> str | None:
+    def _dead(self, parent: Any, slack: float = 0.0) -> str | None:
         """Why the invocation of parent run `parent` is gone, or None while it may be alive
-        (its process exists, its heartbeat is fresh, or nothing tells)."""
+        (its process exists, its heartbeat stamp is younger than the grace period less
+        `slack` seconds, or nothing tells)."""
         tags = parent.data.tags
         pid = tags.get(PID_TAG, "")
         if not pid.isdigit() or not tags.get(HOST_TAG):
@@ -622,7 +627,7 @@ class MlflowTracker:
                 return None
             return f"its process ({where}) ended without closing the run (killed?)"
         stamp, now = tags.get(HEARTBEAT_TAG, ""), time.time()
-        if self.heartbeat_interval and stamp.isdigit() and now - int(stamp) > self.grace_period:
+        if self.heartbeat_interval and stamp.isdigit() and now - int(stamp) > self.grace_period - slack:
             return f"its process ({where}) stopped sending heartbeats {now - int(stamp):.0f} s ago (killed or lost)"
         return None
 
