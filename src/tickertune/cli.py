@@ -284,30 +284,14 @@ def _tune_workers(args: argparse.Namespace, config: Any) -> int:
     from tickertune.api import preflight
     from tickertune.config import mask_secrets
     from tickertune.errors import ConfigError
-    from tickertune.storage import kind_of
+    from tickertune.storage import in_memory, kind_of
     from tickertune.workers import launch
 
-    # An in-memory SQLite database (sqlite://, sqlite:///:memory:, sqlite+DRIVER:///:memory:,
-    # sqlite:///file:NAME?mode=memory&uri=true) exists in one process only: each worker
-    # would tune a study of its own and every trial would be lost at its exit.
-    url = config.storage_url
-    if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
-
-        try:
-            parsed = make_url(url)
-        except Exception:  # noqa: BLE001 - a malformed URL: preflight reports it
-            parsed = None
-        if parsed is not None and parsed.get_backend_name() == "sqlite":
-            db, query = parsed.database, {k: str(v).lower() for k, v in parsed.query.items()}
-            in_memory = db is None or db == ":memory:" or (
-                query.get("uri") in ("true", "1")
-                and (query.get("mode") == "memory" or db.startswith("file::memory:")))
-            if in_memory:
-                raise ConfigError(
-                    f"--workers {args.workers} needs a storage every worker can open: "
-                    f"{mask_secrets(url)} lives in one process; use a file "
-                    f"(sqlite:///results/tuning.db), journal:PATH or postgresql://...")
+    if in_memory(config.storage_url):  # each worker would tune (and lose) a study of its own
+        raise ConfigError(
+            f"--workers {args.workers} needs a storage every worker can open: "
+            f"{mask_secrets(config.storage_url)} lives in one process; use a file "
+            f"(sqlite:///results/tuning.db), journal:PATH or postgresql://...")
     if kind_of(config.storage_url) == "sqlite":
         log.warning("%d workers on one SQLite file: they take turns writing (busy timeout); "
                     "for real parallel work use --storage postgresql://... or journal:PATH",

@@ -90,6 +90,25 @@ def kind_of(url: str) -> str:
     return "other"
 
 
+def in_memory(url: str) -> bool:
+    """Whether `url` is an in-memory SQLite database (sqlite://, sqlite:///:memory:,
+    sqlite+DRIVER:///:memory:, sqlite:///file:NAME?mode=memory&uri=true): it exists in one
+    process only."""
+    if not url.startswith("sqlite"):
+        return False
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - a malformed URL: opening it reports the error
+        return False
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    db, query = parsed.database, {k: str(v).lower() for k, v in parsed.query.items()}
+    return db in (None, "", ":memory:") or (
+        query.get("uri") in ("true", "1") and (query.get("mode") == "memory" or db.startswith("file::memory:")))
+
+
 def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage:
     """Open (creating if needed) the study storage at `url`; one-line ConfigError on failure."""
     kind = kind_of(url)
@@ -150,7 +169,7 @@ def _journal(url: str) -> optuna.storages.BaseStorage:
 
 
 def _prepare_sqlite(url: str) -> dict[str, Any]:
-    if url == "sqlite:///:memory:" or not url.startswith("sqlite:///"):
+    if in_memory(url) or not url.startswith("sqlite:///"):
         return {}
     path = Path(url[len("sqlite:///"):])
     if path.is_dir():

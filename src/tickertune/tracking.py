@@ -78,12 +78,22 @@ def check_reachable(tracking_uri: str | None, timeout: float = 5.0,
                     fallback: str | None = "pass --no-tracking") -> None:
     """Fail fast (and before anything is written) when a tracking server or database does
     not answer: MLflow itself retries a database for about 100 s before it gives up.
-    `fallback`: what else the user can do, named in the message (None: nothing)."""
-    if tracking_uri and tracking_uri.startswith(_DB_SCHEMES):
+    `fallback`: what else the user can do, named in the message (None: nothing).
+    A URI that answered once in this process is not asked again (loading the members of
+    an ensemble would otherwise ask once per member)."""
+    if not tracking_uri or tracking_uri in _REACHABLE:
+        return
+    if tracking_uri.startswith(_DB_SCHEMES):
         _check_database(tracking_uri, timeout, fallback)
-        return
-    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-        return
+    elif tracking_uri.startswith(("http://", "https://")):
+        _check_server(tracking_uri, timeout, fallback)
+    _REACHABLE.add(tracking_uri)
+
+
+_REACHABLE: set[str] = set()
+
+
+def _check_server(tracking_uri: str, timeout: float, fallback: str | None) -> None:
     import base64
     import urllib.error
     import urllib.parse

@@ -194,23 +194,24 @@ def search_space(model: Model) -> dict[str, tuple]:
     return decls
 
 
-# seed = --seed + trial number; device = --device; objective and eval_metric define the
-# task and the loss every study minimises (another would break pruning and comparison).
-_NOT_SETTABLE = ("seed", "device", "objective", "eval_metric")
-# Fixed settings that are strings: the values the library accepts.
-_FIXED_CHOICES = {"tree_method": ("hist", "approx", "exact")}
+def _settable_fixed(model: Model) -> dict[str, Any]:
+    """The fixed settings `--set` may change, with their defaults: not the seed (--seed plus
+    the trial number), and a string only where the model lists its choices (the objective
+    and the metric define the loss every study minimises; the device is --device)."""
+    return {k: v for k, v in model.fixed_params(0).items()
+            if k != "seed" and (not isinstance(v, str) or k in model.fixed_choices)}
 
 
 def _checked(model: Model, key: str, value: Any, decl: tuple | None) -> Any:
     where = f"--set {model.name}.{key}={value}"
     if decl is None:  # a fixed setting: keep the type of its default
-        default = model.fixed_params(0)[key]
+        default = _settable_fixed(model)[key]
         if isinstance(default, bool):
             if str(value).lower() in ("true", "1", "false", "0"):
                 return str(value).lower() in ("true", "1")
             raise ConfigError(f"{where}: expected true or false")
-        if key in _FIXED_CHOICES and str(value) not in _FIXED_CHOICES[key]:
-            raise ConfigError(f"{where}: choose from {', '.join(_FIXED_CHOICES[key])}")
+        if isinstance(default, str) and str(value) not in model.fixed_choices[key]:
+            raise ConfigError(f"{where}: choose from {', '.join(model.fixed_choices[key])}")
         if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number")
         if isinstance(default, int) and (not float(value).is_integer() or value < 1):
@@ -250,11 +251,11 @@ def fixed_by_model(models: list[Model], fixed: dict[str, Any]) -> dict[str, dict
             if prefix and m.name != prefix:
                 continue
             space = search_space(m)
-            if bare in space or (bare in m.fixed_params(0) and bare not in _NOT_SETTABLE):
+            if bare in space or bare in _settable_fixed(m):
                 owners.append((m, space.get(bare)))
         if not owners:
             valid = sorted({k for m in models if not prefix or m.name == prefix
-                            for k in [*search_space(m), *m.fixed_params(0)] if k not in _NOT_SETTABLE})
+                            for k in [*search_space(m), *_settable_fixed(m)]})
             raise ConfigError(f"--set {key}: unknown parameter; known: {', '.join(valid)}")
         if not prefix and len(owners) > 1:
             raise ConfigError(f"--set {key}: both models have {bare!r}; write "

@@ -48,6 +48,9 @@ class Model(Protocol):
     monitor: str  # the per-step metric the tuner reports to the pruner
     min_resource: int
     max_resource: int
+    # Fixed settings that are strings and a user may change (`--set`), with the values the
+    # library accepts; other string settings (the objective, the metric, the device) are not.
+    fixed_choices: dict[str, tuple[str, ...]]
 
     def suggest_params(self, space: ParamSpace) -> dict[str, Any]: ...
 

@@ -178,6 +178,7 @@ class TransformerModel:
     monitor = "val_loss"
     min_resource = 1
     max_resource = MAX_EPOCHS
+    fixed_choices: dict[str, tuple[str, ...]] = {}  # device is --device
     reduction_factor = 4  # Hyperband: 3 brackets over 30 epochs (bench_pruning.py)
 
     def __init__(self, device: str = "auto") -> None:

@@ -36,6 +36,7 @@ class XGBoostModel:
     monitor = "val_logloss"
     min_resource = 10
     max_resource = MAX_ROUNDS
+    fixed_choices = {"tree_method": ("hist", "approx", "exact")}  # not objective, eval_metric
 
     def suggest_params(self, space: ParamSpace) -> dict[str, Any]:
         return {
