@@ -499,7 +499,11 @@ ROWS: dict[str, Row] = {
     "set-bad-choice": Row(_plain(["AAPL", *RUN, "--set", "tree_method=foo"],
                                  f"{ERR}--set xgb.tree_method=foo: choose from hist, approx, exact")),
     "set-the-loss": Row(_plain(["AAPL", *RUN, "--set", "eval_metric=auc"], re.compile(
-        re.escape(f"{ERR}--set eval_metric: unknown parameter; known: ") + r"(?!.*eval_metric).*"))),
+        re.escape(f"{ERR}--set eval_metric: fixed, it defines the loss every study minimises; settable: ")
+        + r"(?!.*eval_metric).*"))),
+    "set-the-seed": Row(_plain(["AAPL", *RUN, "--set", "seed=3"], re.compile(
+        re.escape(f"{ERR}--set seed: fixed, use --seed (each trial adds its number); settable: ")
+        + r"(?!.*seed).*"))),
     # -- an existing study of another split or mode (tracking on: it must not start either)
     "study-other-split": Row(_split_conflict, strict=False, needs=("study",)),
     "study-other-mode-2-objectives": Row(_two_objective_study, strict=False),

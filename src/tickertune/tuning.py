@@ -194,6 +194,10 @@ def search_space(model: Model) -> dict[str, tuple]:
     return decls
 
 
+_FIXED_WHY = {"seed": "use --seed (each trial adds its number)", "device": "use --device",
+              "": "it defines the loss every study minimises"}
+
+
 def _settable_fixed(model: Model) -> dict[str, Any]:
     """The fixed settings `--set` may change, with their defaults: not the seed (--seed plus
     the trial number), and a string only where the model lists its choices (the objective
@@ -254,9 +258,12 @@ def fixed_by_model(models: list[Model], fixed: dict[str, Any]) -> dict[str, dict
             if bare in space or bare in _settable_fixed(m):
                 owners.append((m, space.get(bare)))
         if not owners:
-            valid = sorted({k for m in models if not prefix or m.name == prefix
-                            for k in [*search_space(m), *_settable_fixed(m)]})
-            raise ConfigError(f"--set {key}: unknown parameter; known: {', '.join(valid)}")
+            chosen = [m for m in models if not prefix or m.name == prefix]
+            valid = ", ".join(sorted({k for m in chosen for k in [*search_space(m), *_settable_fixed(m)]}))
+            if any(bare in m.fixed_params(0) for m in chosen):  # a real setting, not a typo
+                raise ConfigError(f"--set {key}: fixed, {_FIXED_WHY.get(bare, _FIXED_WHY[''])}; "
+                                  f"settable: {valid}")
+            raise ConfigError(f"--set {key}: unknown parameter; known: {valid}")
         if not prefix and len(owners) > 1:
             raise ConfigError(f"--set {key}: both models have {bare!r}; write "
                               + " or ".join(f"{m.name}.{bare}" for m, _ in owners))
