@@ -79,6 +79,38 @@ def test_two_processes_on_one_sqlite_study(tmp_path):
                           "".join(o + e for o, e in outs))
 
 
+# Each process opens the same fresh files, all of them at the same instant per file.
+_OPEN_AT_ONCE = """
+import sys, time
+from tickertune.storage import open_storage
+start = float(sys.argv[1])
+for i, url in enumerate(sys.argv[2:]):
+    while time.time() < start + 0.5 * i:
+        pass
+    open_storage(url).optuna.get_all_studies()
+"""
+
+
+def test_processes_opening_one_fresh_sqlite_file_at_once(tmp_path):
+    """Converting a fresh file to WAL from two processes at once deadlocks on its lock and
+    SQLite fails one at once ("database is locked", whatever the busy timeout): seen in CI
+    as a worker refused at start. Four processes, eight fresh files, each opened by all of
+    them at the same instant: every open succeeds and every file ends in WAL mode."""
+    import sqlite3
+    import time
+
+    files = [tmp_path / f"s{i}" / "tuning.db" for i in range(8)]
+    start = time.time() + 8  # after every process has imported optuna
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(start),
+                               *(f"sqlite:///{f}" for f in files)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    for f in files:
+        with sqlite3.connect(f) as con:
+            assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
 @pytest.mark.slow
 def test_four_workers_on_postgresql(tmp_path, pg_url):
     r = run_cli([*TUNE, "--trials", "10", "--workers", "4", "--storage", pg_url], tmp_path)

@@ -115,9 +115,10 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
     try:
         if kind == "journal":
             return Storage(url, _journal(url), kind)
+        sqlite_file = kind == "sqlite" and url.startswith("sqlite:///") and not in_memory(url)
         engine_kwargs: dict[str, Any] = {}
-        if kind == "sqlite":
-            engine_kwargs = _prepare_sqlite(url)
+        if sqlite_file:
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
         elif kind == "postgresql":
             engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
         stale = StaleTrials() if heartbeat and heartbeat.interval else None
@@ -127,8 +128,13 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # SQLAlchemy knows PostgreSQL only by its long name; messages keep the user's URL.
             engine_url = "postgresql:" + url[len("postgres:"):] if url.startswith("postgres:") else url
-            storage = open_store(url, lambda: _RDBStorage(
-                engine_url, engine_kwargs=engine_kwargs or None, **beat))
+
+            def _open() -> optuna.storages.RDBStorage:
+                if sqlite_file:  # under open_store's per-file lock, see _set_wal
+                    _set_wal(url)
+                return _RDBStorage(engine_url, engine_kwargs=engine_kwargs or None, **beat)
+
+            storage = open_store(url, _open)
     except ConfigError:
         raise
     except ImportError:
@@ -138,7 +144,7 @@ def open_storage(url: str, heartbeat: Heartbeat | None = Heartbeat()) -> Storage
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         raise ConfigError(f"cannot open study storage {mask_secrets(url)}: {mask_secrets(first)}") from None
-    if kind == "sqlite" and engine_kwargs:
+    if sqlite_file:
         _sqlite_pragmas(storage)
     return Storage(url, storage, kind, stale)
 
@@ -168,18 +174,22 @@ def _journal(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _prepare_sqlite(url: str) -> dict[str, Any]:
-    if in_memory(url) or not url.startswith("sqlite:///"):
-        return {}
+def _set_wal(url: str) -> None:
+    """Create the SQLite file's directory and put the file in WAL mode.
+
+    WAL: outside readers (optuna-dashboard, `tickertune sql`) never block a writer, and a
+    killed process cannot corrupt the file. The mode is stored in the file. Two processes
+    converting one fresh file at once deadlock on its lock and SQLite fails one of them
+    at once ("database is locked", busy timeout or not): callers hold the per-file lock."""
     path = Path(url[len("sqlite:///"):])
     if path.is_dir():
         raise ConfigError(f"study storage {url} is a directory, not a database file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # WAL: outside readers (optuna-dashboard, `tickertune sql`) never block a writer, and a killed
-    # process cannot corrupt the file. The mode is stored in the file: set it once.
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT) as con:
+    con = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT)
+    try:
         con.execute("PRAGMA journal_mode=WAL")
-    return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    finally:
+        con.close()
 
 
 def _sqlite_pragmas(storage: optuna.storages.RDBStorage) -> None:
