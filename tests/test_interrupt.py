@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -41,13 +43,38 @@ def _trials(db: Path) -> list[optuna.trial.FrozenTrial] | None:
     return study_trials(f"sqlite:///{db}", STUDY)
 
 
-def _victims(trials: list[optuna.trial.FrozenTrial], n: int) -> list[optuna.trial.FrozenTrial] | None:
-    """The n RUNNING trials once each is linked to its MLflow run, has reported a round and
-    is at most half-way through, and two trials are COMPLETE (so a best exists)."""
-    states = Counter(t.state.name for t in trials)
-    running = [t for t in trials if t.state.name == "RUNNING"]
-    ready = [t for t in running if "mlflow_run_id" in t.user_attrs and t.intermediate_values
-             and t.last_step <= ROUNDS // 2]
+# One cheap query per poll: loading the whole study through Optuna (hundreds of reported
+# rounds per trial) took up to a second under load, and the trials ran on meanwhile.
+_SNAPSHOT = """
+SELECT t.number, t.state,
+       (SELECT MAX(v.step) FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id),
+       EXISTS (SELECT 1 FROM trial_user_attributes a
+               WHERE a.trial_id = t.trial_id AND a.key = 'mlflow_run_id')
+FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = ?"""
+
+
+def _snapshot(db: Path, study: str = STUDY) -> list[tuple[int, str, int | None, int]] | None:
+    """(number, state, last step, linked to its run) of every trial; None before the study exists."""
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(_SNAPSHOT, (study,)).fetchall()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return None
+
+
+def _victims(snapshot: list[tuple[int, str, int | None, int]], n: int) -> dict[int, int] | None:
+    """{number: last step} of the n RUNNING trials once each is linked to its MLflow run, has
+    reported a round and is at most half-way through, and two trials are COMPLETE (so a
+    best exists)."""
+    states = Counter(state for _, state, _, _ in snapshot)
+    running = [row for row in snapshot if row[1] == "RUNNING"]
+    ready = {number: step for number, _, step, linked in running
+             if linked and step is not None and step <= ROUNDS // 2}
     if states["COMPLETE"] >= 2 and len(running) == n and len(ready) == n:
         return ready
     return None
@@ -63,20 +90,23 @@ def _start(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, Path]:
 
 
 def _interrupt_mid_trial(p: subprocess.Popen, err: Path, db: Path, n: int,
-                         sig: int) -> list[optuna.trial.FrozenTrial]:
-    """Wait (polling, with a deadline) until n trials are mid-fit, then signal the group."""
-    victims, deadline = None, time.monotonic() + 240
-    while victims is None and time.monotonic() < deadline and p.poll() is None:
-        trials = _trials(db)
-        victims = _victims(trials, n) if trials is not None else None
-        if victims is None:
+                         sig: int) -> list[SimpleNamespace]:
+    """Wait (polling, with a deadline) until n trials are mid-fit, then signal the group.
+    Returns each victim's number, params, run id and its last step when signalled."""
+    ready, deadline = None, time.monotonic() + 240
+    while ready is None and time.monotonic() < deadline and p.poll() is None:
+        snapshot = _snapshot(db)
+        ready = _victims(snapshot, n) if snapshot is not None else None
+        if ready is None:
             time.sleep(0.05)
-    assert victims is not None, f"no trial to interrupt (exit {p.poll()}):\n{err.read_text()[-3000:]}"
+    assert ready is not None, f"no trial to interrupt (exit {p.poll()}):\n{err.read_text()[-3000:]}"
     os.killpg(p.pid, sig)  # what Ctrl-C (or a scheduler's stop) does: the tuner and its writer get it
-    return victims
+    trials = {t.number: t for t in _trials(db)}
+    return [SimpleNamespace(number=number, last_step=step, params=trials[number].params,
+                            user_attrs=trials[number].user_attrs) for number, step in ready.items()]
 
 
-def _check_interrupted(tmp_path: Path, victims: list[optuna.trial.FrozenTrial], n_parents: int) -> dict:
+def _check_interrupted(tmp_path: Path, victims: list[SimpleNamespace], n_parents: int) -> dict:
     """Every trial, run and the JSON after the interrupt; returns the parent runs by id."""
     trials = _trials(tmp_path / "results" / "tuning.db")
     assert trials is not None
